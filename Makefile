@@ -1,0 +1,38 @@
+# samplewise: every target a verb. `make sweep` and `make test` install what they need first.
+PYTHON ?= python3
+VENV   ?= .venv
+# Pinned first so pip never resolves an unpinned torch (the newest CUDA build, several GB).
+# On a CUDA machine: make install TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
+TORCH  ?= torch==2.13.0
+SWEEP  ?= sweeps/quickstart.yaml
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install sweep test validate export ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install samplewise (skipped when nothing changed)
+
+sweep: install  ## run a sweep: make sweep SWEEP=sweeps/x.yaml
+	$(BIN)/samplewise sweep $(SWEEP)
+
+test: install  ## run the test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+validate: install  ## check a spec without running it
+	$(BIN)/samplewise validate $(SWEEP)
+
+export: install  ## write exports/<sweep>.json and .yaml from MLflow
+	$(BIN)/samplewise export $(SWEEP)
+
+ui: install  ## MLflow UI on the local store, bound to 127.0.0.1
+	$(BIN)/samplewise ui
+
+clean:  ## remove local results (MLflow store, Ray results, exports); keeps .venv
+	rm -rf mlflow.db mlartifacts .samplewise exports

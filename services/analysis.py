@@ -1,0 +1,123 @@
+"""Pure functions over a table of trial results: the best LR per sample per group.
+
+A group is one optimizer x reduction. Within a group, trials that trained the full budget
+are compared (ASHA-stopped ones only if none did); diverged and failed trials never win.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as read back from the tracking store."""
+
+    run_id: str
+    trial_id: str
+    status: str  # FINISHED / FAILED / KILLED / RUNNING
+    optimizer: str
+    reduction: str
+    rule: str
+    k: float
+    batch_size: int
+    lr: float
+    lr_per_sample: float
+    val_loss: Optional[float] = None
+    val_accuracy: Optional[float] = None
+    samples_seen: int = 0
+    diverged: bool = False
+    stopped_early: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "FINISHED" and not self.diverged and self.val_loss is not None
+
+
+@dataclass(frozen=True)
+class BatchBest:
+    batch_size: int
+    lr: float
+    lr_per_sample: float
+    val_loss: float
+    val_accuracy: Optional[float]
+    trials: int
+    full_budget: bool
+    """False when every trial at this batch size was stopped early by ASHA."""
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    optimizer: str
+    reduction: str
+    rule: str
+    k: float
+    best: Optional[TrialRecord]
+    per_batch: list[BatchBest] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def lr_per_sample(self) -> Optional[float]:
+        return self.best.lr_per_sample if self.best else None
+
+
+def _candidates(records: list[TrialRecord]) -> list[TrialRecord]:
+    usable = [r for r in records if r.usable]
+    full = [r for r in usable if not r.stopped_early]
+    return full or usable
+
+
+def _counts(records: list[TrialRecord]) -> dict[str, int]:
+    return {
+        "total": len(records),
+        "completed": sum(r.usable and not r.stopped_early for r in records),
+        "stopped_early": sum(r.usable and r.stopped_early for r in records),
+        "diverged": sum(r.diverged for r in records),
+        "failed": sum(r.status == "FAILED" for r in records),
+        "killed": sum(r.status in ("KILLED", "RUNNING") and not r.diverged for r in records),
+    }
+
+
+def summarize(records: Iterable[TrialRecord]) -> list[GroupSummary]:
+    """One summary per optimizer x reduction, sorted by name."""
+    groups: dict[tuple[str, str], list[TrialRecord]] = defaultdict(list)
+    for record in records:
+        groups[(record.optimizer, record.reduction)].append(record)
+    out = []
+    for (optimizer, reduction), members in sorted(groups.items()):
+        candidates = _candidates(members)
+        best = min(candidates, key=lambda r: r.val_loss) if candidates else None
+        per_batch = []
+        for bs in sorted({r.batch_size for r in members if r.usable}):
+            at_bs = _candidates([r for r in members if r.batch_size == bs])
+            top = min(at_bs, key=lambda r: r.val_loss)
+            per_batch.append(BatchBest(bs, top.lr, top.lr_per_sample, top.val_loss, top.val_accuracy,
+                                       len(at_bs), not top.stopped_early))
+        rule, k = members[0].rule, members[0].k
+        out.append(GroupSummary(optimizer, reduction, rule, k, best, per_batch, _counts(members)))
+    return out
+
+
+def format_table(groups: list[GroupSummary]) -> str:
+    """The end-of-sweep table: best config per optimizer x reduction with its LR per sample."""
+    header = (
+        f"{'optimizer':<9} {'reduction':<9} {'rule':<6} {'lr/sample c':>11} {'k':>4} {'best B':>6} "
+        f"{'lr':>9} {'val loss':>9} {'val acc':>7}  trials (ok/stopped/diverged/failed)"
+    )
+    lines = [header, "-" * len(header)]
+    for g in groups:
+        c = g.counts
+        trials = f"{c['total']} ({c['completed']}/{c['stopped_early']}/{c['diverged']}/{c['failed']})"
+        if g.best is None:
+            lines.append(f"{g.optimizer:<9} {g.reduction:<9} {g.rule:<6} {'-':>11} {g.k:>4g} {'-':>6} "
+                         f"{'-':>9} {'-':>9} {'-':>7}  {trials}")
+            continue
+        b = g.best
+        acc = f"{b.val_accuracy:.3f}" if b.val_accuracy is not None else "-"
+        lines.append(
+            f"{g.optimizer:<9} {g.reduction:<9} {g.rule:<6} {b.lr_per_sample:>11.3e} {g.k:>4g} {b.batch_size:>6} "
+            f"{b.lr:>9.3e} {b.val_loss:>9.4f} {acc:>7}  {trials}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""The ``samplewise`` command line; the make targets call it.
+
+Input problems (bad spec, bad export, bad flag) print one line and exit with status 2
+before anything starts; an unusable tracking store exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from services import paths
+from services.spec import SpecError, load_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, status 2, like every other input error
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _load_checked(path: str):
+    """Load the spec and resolve its workload: every input check happens here, up front."""
+    from services import workloads
+
+    spec = load_spec(path)
+    workloads.resolve(spec.workload)
+    return spec
+
+
+def cmd_validate(args) -> int:
+    spec = _load_checked(args.spec)
+    print(f"{args.spec}: ok ({spec.name}: {spec.num_trials} trials, {spec.searcher.kind} search)")
+    return EXIT_OK
+
+
+def cmd_sweep(args) -> int:
+    spec = _load_checked(args.spec)
+    from services import export, runner, tracking
+    from services.analysis import format_table, summarize
+
+    uri = args.tracking_uri or paths.tracking_uri()
+    outcome = runner.run_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
+    client = tracking.client_for(uri)
+    parent = client.get_run(outcome.parent_run_id)
+    print()
+    print(format_table(summarize(export.load_records(client, parent))))
+    print(f"\nMLflow parent run {outcome.parent_run_id}; export the constants with: make export SWEEP={args.spec}")
+    return EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK
+
+
+def cmd_export(args) -> int:
+    spec = load_spec(args.spec)
+    from services.export import export_sweep
+
+    uri = args.tracking_uri or paths.tracking_uri()
+    doc, files = export_sweep(spec.name, uri, Path(args.out_dir or paths.exports_dir()), args.parent_run_id)
+    for const in doc["constants"]:
+        formula = const["formula"] or "no usable trial"
+        print(f"{const['optimizer']:<8} {const['reduction']:<4} {formula}")
+    print("wrote " + ", ".join(str(f) for f in files) + f" (also on MLflow run {doc['parent_run_id']})")
+    return EXIT_OK
+
+
+def cmd_lr(args) -> int:
+    from services.export import lr_lookup, read_export
+
+    doc = read_export(args.export)
+    lr, const, warnings = lr_lookup(doc, args.batch_size, args.optimizer, args.reduction)
+    for warning in warnings:
+        print(f"samplewise: warning: {warning}", file=sys.stderr)
+    if args.value_only:
+        print(f"{lr:.6g}")
+    else:
+        print(f"lr = {lr:.6g} for batch_size {args.batch_size} "
+              f"({const['optimizer']}, {const['reduction']}: {const['formula']})")
+        for extra in ("eps", "weight_decay"):
+            if extra in const:
+                print(f"  with {const[extra]}")
+    return EXIT_OK
+
+
+def cmd_ui(args) -> int:
+    uri = args.tracking_uri or paths.tracking_uri()
+    if not uri.startswith("sqlite:"):
+        print(f"the tracking store {uri} is a server: open it in a browser")
+        return EXIT_OK
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"samplewise: warning: serving the MLflow UI on {args.host}: anyone who can reach it can "
+              "read and change every run", file=sys.stderr)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, cmd)
+    return EXIT_FAILED  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="samplewise", description="Sweep batch size x LR per sample on Ray Tune, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def with_store(p):
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+        return p
+
+    p = sub.add_parser("validate", help="check a sweep spec and exit", description="Check a sweep spec; exit 2 if it is bad.")
+    p.add_argument("spec", help="path to a sweeps/*.yaml spec")
+    p.set_defaults(func=cmd_validate)
+
+    p = with_store(sub.add_parser("sweep", help="run a sweep", description="Run a sweep on Ray Tune, tracked in MLflow."))
+    p.add_argument("spec", help="path to a sweeps/*.yaml spec")
+    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any trial failed")
+    p.set_defaults(func=cmd_sweep)
+
+    p = with_store(sub.add_parser("export", help="export the tuned LR-per-sample constants",
+                                  description="Read a sweep back from MLflow and write exports/<sweep>.json and .yaml."))
+    p.add_argument("spec", help="the sweep's spec (its name picks the MLflow experiment)")
+    p.add_argument("--parent-run-id", help="export this submission instead of the newest")
+    p.add_argument("--out-dir", help="directory for the export files (default: exports/)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("lr", help="the LR for a batch size, from an export",
+                       description="Print the learning rate to use at a batch size, from an exported constant.")
+    p.add_argument("export", help="exports/<sweep>.json or .yaml")
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw"])
+    p.add_argument("--reduction", choices=["mean", "sum"])
+    p.add_argument("--value-only", action="store_true", help="print only the number")
+    p.set_defaults(func=cmd_lr)
+
+    p = with_store(sub.add_parser("ui", help="serve the MLflow UI on the local store",
+                                  description="Serve the MLflow UI for the local SQLite store."))
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from services.export import ExportError
+    from services.tracking import TrackingError
+
+    try:
+        return args.func(args)
+    except (SpecError, ExportError) as err:
+        print(f"samplewise: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrackingError as err:
+        print(f"samplewise: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("samplewise: interrupted; finished trials are in MLflow", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

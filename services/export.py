@@ -1,0 +1,208 @@
+"""Reads a sweep back from MLflow and exports its tuned LR-per-sample constants.
+
+``exports/<sweep>.json`` and ``.yaml`` hold, per optimizer x reduction, the constant c,
+the exponent k and the formula ``lr = c * batch_size**k`` for that reduction, with the
+evidence: best LR and val loss per batch size, trial counts, sweep and parent run id.
+Both files are also logged as artifacts of the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import yaml
+
+from search_spaces.scaling import ADAPTIVE, lr_for
+from services import metrics as m
+from services.analysis import GroupSummary, TrialRecord, summarize
+from services.tracking import PARENT_TAG, TrackingError, client_for
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+EXPORT_VERSION = 1
+
+
+class ExportError(ValueError):
+    """Nothing to export, or an export file that cannot be used; one line for the user."""
+
+
+def find_parent_run(client: "MlflowClient", sweep: str, parent_run_id: Optional[str] = None) -> "Run":
+    """The given parent run, or the newest submission of sweep ``sweep``."""
+    if parent_run_id:
+        return client.get_run(parent_run_id)
+    try:
+        experiment = client.get_experiment_by_name(sweep)
+    except Exception as err:
+        raise TrackingError(f"MLflow tracking store {client.tracking_uri} is not usable: {err}") from None
+    if experiment is None:
+        raise ExportError(f"sweep {sweep!r}: no such experiment in {client.tracking_uri}; run the sweep first")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{m.TAG_ROLE}` = 'parent'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise ExportError(f"sweep {sweep!r}: no submissions in {client.tracking_uri}")
+    return runs[0]
+
+
+def _record(run: "Run") -> TrialRecord:
+    p, mt, tags = run.data.params, run.data.metrics, run.data.tags
+    return TrialRecord(
+        run_id=run.info.run_id,
+        trial_id=tags.get(m.TAG_TRIAL_ID, ""),
+        status=run.info.status,
+        optimizer=p.get("optimizer", "?"),
+        reduction=p.get("reduction", "?"),
+        rule=p.get("rule", "?"),
+        k=float(p.get("k", "nan")),
+        batch_size=int(p.get("batch_size", 0)),
+        lr=float(p.get("lr", "nan")),
+        lr_per_sample=float(p.get("lr_per_sample", "nan")),
+        val_loss=mt.get(m.VAL_LOSS),
+        val_accuracy=mt.get(m.VAL_ACCURACY),
+        samples_seen=int(mt.get(m.SAMPLES_SEEN, 0)),
+        diverged=tags.get(m.TAG_DIVERGED) == "true" or bool(mt.get(m.DIVERGED)),
+        stopped_early=tags.get(m.TAG_STOPPED_EARLY) == "true",
+    )
+
+
+def load_records(client: "MlflowClient", parent: "Run") -> list[TrialRecord]:
+    """Every trial (child run) of a sweep submission."""
+    records, token = [], None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        records += [_record(run) for run in page]
+        token = page.token
+        if not token:
+            return records
+
+
+def _group_doc(g: GroupSummary, spec_params: dict[str, str]) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "optimizer": g.optimizer,
+        "reduction": g.reduction,
+        "rule": g.rule,
+        "k": g.k,
+        "lr_per_sample": g.lr_per_sample,
+        "formula": f"lr = {g.lr_per_sample:.6g} * batch_size**{g.k:g}" if g.best else None,
+        "batch_sizes_swept": [b.batch_size for b in g.per_batch],
+        "per_batch_size": [asdict(b) for b in g.per_batch],
+        "trials": g.counts,
+    }
+    tied_sum = g.reduction == "sum" and g.rule != "none"
+    eps = float(spec_params.get("space.eps", "1e-8"))
+    if g.optimizer in ADAPTIVE:
+        doc["eps"] = f"eps = {eps:g} * batch_size" if tied_sum else f"eps = {eps:g}"
+    wd = float(spec_params.get("space.weight_decay.value", "0"))
+    if wd:
+        coupled = spec_params.get("space.weight_decay.mode") == "coupled" and g.optimizer != "adamw"
+        doc["weight_decay"] = f"weight_decay = {wd:g} * batch_size" if tied_sum and coupled else f"weight_decay = {wd:g}"
+    if g.best:
+        b = g.best
+        doc["best"] = {
+            "batch_size": b.batch_size, "lr": b.lr, "val_loss_per_sample": b.val_loss,
+            "val_accuracy": b.val_accuracy, "samples_seen": b.samples_seen, "run_id": b.run_id,
+        }
+    return doc
+
+
+def build_export(client: "MlflowClient", sweep: str, parent_run_id: Optional[str] = None) -> dict[str, Any]:
+    parent = find_parent_run(client, sweep, parent_run_id)
+    records = load_records(client, parent)
+    if not records:
+        raise ExportError(f"sweep {sweep!r}: parent run {parent.info.run_id} has no trial runs")
+    groups = summarize(records)
+    return {
+        "samplewise_export": EXPORT_VERSION,
+        "sweep": parent.data.tags.get(m.TAG_SWEEP, sweep),
+        "parent_run_id": parent.info.run_id,
+        "tracking_uri": client.tracking_uri,
+        "workload": parent.data.params.get("workload.name"),
+        "objective": m.OBJECTIVE,
+        "budget_samples": int(parent.data.tags.get(m.TAG_BUDGET_SAMPLES, 0)),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "constants": [_group_doc(g, parent.data.params) for g in groups],
+    }
+
+
+def write_export(doc: dict[str, Any], out_dir: Path, client: "MlflowClient | None" = None) -> list[Path]:
+    """Write ``<sweep>.json`` and ``.yaml`` to ``out_dir`` and log them on the parent run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{doc['sweep']}.json"
+    yaml_path = out_dir / f"{doc['sweep']}.yaml"
+    json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    yaml_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if client is not None:
+        for path in (json_path, yaml_path):
+            client.log_artifact(doc["parent_run_id"], str(path), artifact_path="export")
+    return [json_path, yaml_path]
+
+
+def export_sweep(sweep: str, tracking_uri: str, out_dir: Path, parent_run_id: Optional[str] = None):
+    client = client_for(tracking_uri)
+    doc = build_export(client, sweep, parent_run_id)
+    return doc, write_export(doc, out_dir, client)
+
+
+def read_export(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ExportError(f"{path}: cannot read export ({err.strerror or err})") from None
+    try:
+        doc = yaml.safe_load(text)  # JSON is YAML: one reader for both files
+    except yaml.YAMLError:
+        raise ExportError(f"{path}: not a samplewise export (unparseable)") from None
+    if not isinstance(doc, dict) or "constants" not in doc:
+        raise ExportError(f"{path}: not a samplewise export (no constants)")
+    return doc
+
+
+def pick_constant(doc: dict[str, Any], optimizer: Optional[str], reduction: Optional[str]) -> dict[str, Any]:
+    usable = [c for c in doc["constants"] if c.get("lr_per_sample") is not None]
+    matches = [
+        c for c in usable
+        if (optimizer is None or c["optimizer"] == optimizer) and (reduction is None or c["reduction"] == reduction)
+    ]
+    choices = ", ".join(f"{c['optimizer']}/{c['reduction']}" for c in usable) or "none"
+    if not matches:
+        raise ExportError(
+            f"--optimizer/--reduction: no constant for {optimizer or '*'}/{reduction or '*'}; export has {choices}"
+        )
+    if len(matches) > 1:
+        raise ExportError(f"--optimizer/--reduction: ambiguous, export has {choices}; pick one")
+    return matches[0]
+
+
+def lr_lookup(doc: dict[str, Any], batch_size: int, optimizer: Optional[str] = None,
+              reduction: Optional[str] = None) -> tuple[float, dict[str, Any], list[str]]:
+    """(lr, the constant used, warnings) for ``batch_size``."""
+    if batch_size < 1:
+        raise ExportError(f"--batch-size: must be >= 1, got {batch_size}")
+    const = pick_constant(doc, optimizer, reduction)
+    lr = lr_for(const["lr_per_sample"], const["k"], batch_size)
+    warnings = []
+    swept = const.get("batch_sizes_swept") or []
+    if swept and not (min(swept) <= batch_size <= max(swept)):
+        warnings.append(
+            f"batch size {batch_size} lies outside the swept range {min(swept)}..{max(swept)}; "
+            "the rule was not checked there"
+        )
+    if not math.isfinite(lr):
+        raise ExportError(f"{const['optimizer']}/{const['reduction']}: constant is not a finite number")
+    return lr, const, warnings

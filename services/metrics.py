@@ -1,0 +1,55 @@
+"""Reserved metric, param and tag names: the public contract users see in Tune and MLflow.
+
+Defined once here; nothing else spells them. Losses are per sample whatever the
+reduction, and MLflow steps are samples seen, so runs of different batch sizes overlay.
+"""
+
+TRAIN_LOSS = "train/loss_per_sample"
+"""Mean per-sample training loss over the samples of the last reporting interval."""
+VAL_LOSS = "val/loss_per_sample"
+"""Mean per-sample loss on the validation set: the sweep objective (minimized)."""
+VAL_ACCURACY = "val/accuracy"
+"""Fraction of validation samples classified correctly."""
+SAMPLES_SEEN = "samples_seen"
+"""Training samples consumed so far: ASHA's time attribute and MLflow's step."""
+UPDATES = "updates"
+"""Optimizer steps taken so far."""
+LR = "lr"
+"""The optimizer learning rate in effect."""
+DIVERGED = "diverged"
+"""1.0 once a trial stopped because its loss blew up, else 0.0."""
+SAMPLES_PER_S = "perf/samples_per_s"
+"""Training throughput of the last interval (samples per second of training)."""
+
+OBJECTIVE = VAL_LOSS
+MODE = "min"
+
+REPORTED = (TRAIN_LOSS, VAL_LOSS, VAL_ACCURACY, SAMPLES_SEEN, UPDATES, LR, DIVERGED, SAMPLES_PER_S)
+"""Every metric a trial reports; the tracker logs these and nothing Tune adds."""
+
+PARAMS = (
+    "batch_size",
+    "lr",
+    "lr_per_sample",
+    "reduction",
+    "optimizer",
+    "rule",
+    "k",
+    "weight_decay",
+    "decoupled_decay",
+    "momentum",
+    "eps",
+    "seed",
+    "workload",
+)
+"""Params of each trial's MLflow run."""
+
+# Tags on MLflow runs.
+TAG_SWEEP = "samplewise.sweep"
+TAG_ROLE = "samplewise.role"  # "parent" or "trial"
+TAG_TRIAL_ID = "samplewise.trial_id"
+TAG_DIVERGED = "samplewise.diverged"
+TAG_STOPPED_EARLY = "samplewise.stopped_early"
+TAG_ERROR = "samplewise.error"
+TAG_SPEC_PATH = "samplewise.spec"
+TAG_BUDGET_SAMPLES = "samplewise.budget_samples"

@@ -1,0 +1,49 @@
+"""Where samplewise keeps things on the embedded defaults, each overridable by environment.
+
+- ``MLFLOW_TRACKING_URI``: tracking store (default ``sqlite:///<project>/mlflow.db``).
+- ``RAY_ADDRESS``: a running Ray cluster (default: start a local one with ``ray.init``).
+- ``SAMPLEWISE_STORAGE``: Ray Tune ``storage_path`` (default ``<project>/.samplewise/ray_results``);
+  on a multi-node cluster this must be shared storage (e.g. ``s3://bucket/path``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_dir() -> Path:
+    return Path(os.environ.get("SAMPLEWISE_HOME") or os.getcwd()).resolve()
+
+
+def state_dir() -> Path:
+    return project_dir() / ".samplewise"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}"
+
+
+def ray_address() -> str | None:
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def storage_path() -> str:
+    return os.environ.get("SAMPLEWISE_STORAGE") or str(state_dir() / "ray_results")
+
+
+def exports_dir() -> Path:
+    return project_dir() / "exports"
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """For a local SQLite store, keep artifacts in ``mlartifacts/`` beside the database file.
+
+    Remote servers choose their own artifact root (None).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.is_absolute():
+        db = project_dir() / db
+    return (db.parent / "mlartifacts" / experiment).as_uri()

@@ -1,0 +1,186 @@
+"""Runs a sweep on Ray Tune: searcher, scheduler, resources, tracking and progress."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO
+
+import ray
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces.tied import grid_points, tied_space
+from services import metrics as m
+from services import paths, tracking, workloads
+from services.schedulers import GroupedASHA
+from services.spec import SweepSpec
+from services.train import tune_trainable
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    run_dir: str
+    num_errors: int
+
+
+def make_searcher(spec: SweepSpec) -> OptunaSearch:
+    """OptunaSearch over the tied define-by-run space; the sampler follows ``searcher.kind``."""
+    import optuna
+
+    seed = spec.searcher.seed
+    if spec.searcher.kind == "tpe":
+        # multivariate: model c jointly with optimizer and batch size (SGD's and Adam's c differ
+        # by orders of magnitude); constant_liar: concurrent trials do not all ask for the same point.
+        sampler = optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=True,
+            constant_liar=spec.searcher.max_concurrent > 1,
+            n_startup_trials=max(10, spec.num_trials // 5),
+        )
+    elif spec.searcher.kind == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.GridSampler(grid_points(spec.space), seed=seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return OptunaSearch(space=tied_space(spec.space, seed), metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler)
+
+
+def make_scheduler(spec: SweepSpec, budget_samples: int, interval_samples: int):
+    """ASHA on samples seen, so batch sizes are compared after equal numbers of samples,
+    within each optimizer x reduction (see :mod:`services.schedulers`)."""
+    if not spec.asha.enabled:
+        return FIFOScheduler()
+    max_t = budget_samples
+    grace = spec.asha.grace_period_samples or interval_samples
+    return GroupedASHA(
+        time_attr=m.SAMPLES_SEEN,
+        max_t=max_t,
+        grace_period=min(grace, max_t),
+        reduction_factor=spec.asha.reduction_factor,
+    )
+
+
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """CPUs per trial, plus the GPU fraction when the cluster has GPUs."""
+    resources = {"cpu": spec.resources.cpus_per_trial}
+    if ray.cluster_resources().get("GPU", 0) > 0 and spec.resources.gpus_per_trial > 0:
+        resources["gpu"] = spec.resources.gpus_per_trial
+    return resources
+
+
+class ProgressPrinter(tune.Callback):
+    """One line per finished trial, so a user sees the sweep move."""
+
+    def __init__(self, total: int, budget_samples: int, stream: IO[str]):
+        self.total, self.budget_samples, self.stream, self.done = total, budget_samples, stream, 0
+
+    def __getstate__(self):  # Tune pickles its callbacks with the experiment; streams do not pickle
+        return {**self.__dict__, "stream": None}
+
+    def _line(self, trial, outcome: str) -> None:
+        self.done += 1
+        c, r = trial.config, trial.last_result or {}
+        loss, acc = r.get(m.VAL_LOSS), r.get(m.VAL_ACCURACY)
+        metrics_text = f"val {loss:.4f}  acc {acc:.3f}" if loss is not None else ""
+        stream = self.stream or sys.stdout
+        stream.write(
+            f"[{self.done:>3}/{self.total}] {c.get('optimizer', '?'):<8} {c.get('reduction', '?'):<4} "
+            f"B={c.get('batch_size', '?'):<5} c={c.get('lr_per_sample', 0):.2e} lr={c.get('lr', 0):.2e}  "
+            f"{metrics_text}  {outcome}\n"
+        )
+        stream.flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        if r.get(m.DIVERGED):
+            outcome = "diverged"
+        elif r.get(m.SAMPLES_SEEN, 0) < self.budget_samples:
+            outcome = f"stopped by ASHA at {r.get(m.SAMPLES_SEEN, 0)} samples"
+        else:
+            outcome = f"done ({r.get(m.SAMPLES_SEEN, 0)} samples)"
+        self._line(trial, outcome)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, f"FAILED: {tracking._error_summary(trial)}")
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start a local Ray; returns whether this call started it."""
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=address,
+        include_dashboard=False if address is None else None,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+    return True
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    spec_path: str = "",
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+    storage_path: str | None = None,
+    stream: IO[str] = sys.stdout,
+) -> SweepOutcome:
+    """Run every trial of ``spec`` and track it in MLflow; returns where the results are."""
+    uri = tracking_uri or paths.tracking_uri()
+    client = tracking.client_for(uri)
+    experiment_id = tracking.ensure_experiment(client, spec.name, paths.artifact_location(uri, spec.name))
+    n_train = workloads.load(spec.workload).n_train
+    budget_samples = spec.budget.total_samples(n_train)
+
+    started = init_ray(ray_address if ray_address is not None else paths.ray_address())
+    try:
+        parent = tracking.start_parent_run(client, experiment_id, spec, spec_path)
+        client.set_tag(parent, m.TAG_BUDGET_SAMPLES, str(budget_samples))
+        tracker = tracking.MlflowTracker(uri, experiment_id, parent, spec, budget_samples)
+        run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        storage = storage_path or paths.storage_path()
+        client.set_tag(parent, "samplewise.ray_run", f"{storage}/{run_name}")
+        stream.write(
+            f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.name}, "
+            f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}; "
+            f"MLflow {uri} (parent run {parent})\n"
+        )
+        stream.flush()
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(tune_trainable, spec=spec), trial_resources(spec)),
+            tune_config=tune.TuneConfig(
+                metric=m.OBJECTIVE,
+                mode=m.MODE,
+                search_alg=make_searcher(spec),
+                scheduler=make_scheduler(spec, budget_samples, spec.budget.interval_samples(n_train)),
+                num_samples=spec.num_trials,
+                max_concurrent_trials=spec.searcher.max_concurrent,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=run_name,
+                storage_path=storage,
+                callbacks=[tracker, ProgressPrinter(spec.num_trials, budget_samples, stream)],
+                verbose=0,
+            ),
+        )
+        try:
+            results = tuner.fit()
+        except BaseException:
+            tracker.close("KILLED")
+            client.set_terminated(parent, status="KILLED")
+            raise
+        tracker.close("KILLED")
+        client.set_terminated(parent, status="FINISHED")
+        return SweepOutcome(parent, experiment_id, uri, f"{storage}/{run_name}", results.num_errors)
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,210 @@
+"""The sweep spec: one frozen pydantic model, loaded from YAML and validated once.
+
+Everything inward of :func:`load_spec` receives a valid :class:`SweepSpec`; a bad file
+raises :class:`SpecError` whose message is one line naming the field path and value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from search_spaces.scaling import DEFAULT_RULE
+from search_spaces.tied import grid_size
+
+Optimizer = Literal["sgd", "momentum", "adam", "adamw"]
+Reduction = Literal["mean", "sum"]
+Rule = Literal["linear", "sqrt", "none"]
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot be run; ``str(err)`` is one line for the user."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class WorkloadSpec(_Frozen):
+    name: str = Field(min_length=1)
+    """A built-in workload (digits_mlp, mnist1d_mlp, mnist1d_cnn) or ``package.module:function``."""
+    params: dict[str, Any] = {}
+    """Keyword arguments of the workload function (model width, data size, ...)."""
+
+
+class SearcherSpec(_Frozen):
+    kind: Literal["tpe", "random", "grid"] = "tpe"
+    """TPE models the results; random is the baseline; grid walks every point once."""
+    num_trials: Optional[int] = Field(default=None, ge=1)
+    """Trials to run. Required for tpe and random; for grid it defaults to the grid size."""
+    max_concurrent: int = Field(default=2, ge=1)
+    """Trials running at once; one per CPU core suits small models."""
+    seed: int = Field(default=0, ge=0)
+    """Seeds the sampler and every trial's init and data order (same seed, same trials)."""
+
+
+class LogRange(_Frozen):
+    low: float = Field(gt=0, allow_inf_nan=False)
+    high: float = Field(gt=0, allow_inf_nan=False)
+    grid_points: int = Field(default=5, ge=1)
+    """Log-spaced values between low and high, both included, for the grid searcher."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LogRange":
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        return self
+
+
+class WeightDecaySpec(_Frozen):
+    value: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """Weight decay for the mean-reduced loss; coupled decay under sum is scaled by B."""
+    mode: Literal["coupled", "decoupled"] = "coupled"
+    """coupled: L2 added to the gradient (torch weight_decay); decoupled: p *= 1 - lr*wd.
+    AdamW always decays decoupled, whatever this says."""
+
+
+class SpaceSpec(_Frozen):
+    batch_sizes: list[int] = Field(min_length=1)
+    """Batch sizes to sweep; powers of two make the log-log fits evenly spaced."""
+    lr_per_sample: LogRange
+    """Range of the rule constant c (lr = c * B**k under mean reduction), searched in log."""
+    reductions: list[Reduction] = Field(default=["mean"], min_length=1)
+    optimizers: list[Optimizer] = Field(default=["sgd"], min_length=1)
+    rules: dict[Optimizer, Rule] = {}
+    """Scaling rule per optimizer; default linear for SGD/momentum, sqrt for Adam/AdamW."""
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    """Momentum of the ``momentum`` optimizer (plain ``sgd`` uses none)."""
+    eps: float = Field(default=1e-8, gt=0, allow_inf_nan=False)
+    """Adam eps for the mean-reduced loss (scaled by B under sum to stay equivalent)."""
+    weight_decay: WeightDecaySpec = WeightDecaySpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> "SpaceSpec":
+        for field in ("batch_sizes", "reductions", "optimizers"):
+            values = getattr(self, field)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field}: duplicate values in {values}")
+        for i, b in enumerate(self.batch_sizes):
+            if b < 1:
+                raise ValueError(f"batch_sizes.{i}: must be >= 1, got {b}")
+        return self
+
+    def rule_for(self, optimizer: str) -> str:
+        return self.rules.get(optimizer, DEFAULT_RULE[optimizer])
+
+
+class BudgetSpec(_Frozen):
+    epochs: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
+    """Training length per trial in passes over the training set (or give samples)."""
+    samples: Optional[int] = Field(default=None, ge=1)
+    """Training length per trial in samples; counts samples, never steps."""
+    report_every_samples: Optional[int] = Field(default=None, ge=1)
+    """Samples between evaluations; default one epoch."""
+    divergence_factor: float = Field(default=5.0, gt=1, allow_inf_nan=False)
+    """A trial whose loss exceeds this multiple of its initial loss is stopped as diverged."""
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetSpec":
+        if (self.epochs is None) == (self.samples is None):
+            raise ValueError("give exactly one of epochs or samples")
+        return self
+
+    def total_samples(self, n_train: int) -> int:
+        return self.samples if self.samples is not None else math.ceil(self.epochs * n_train)
+
+    def interval_samples(self, n_train: int) -> int:
+        return self.report_every_samples or n_train
+
+
+class AshaSpec(_Frozen):
+    enabled: bool = True
+    grace_period_samples: Optional[int] = Field(default=None, ge=1)
+    """Samples every trial trains before it can be stopped; default one report interval."""
+    reduction_factor: float = Field(default=3.0, gt=1, allow_inf_nan=False)
+
+
+class ResourcesSpec(_Frozen):
+    cpus_per_trial: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    gpus_per_trial: float = Field(default=0.25, ge=0, le=1, allow_inf_nan=False)
+    """GPU fraction per trial, used only when the Ray cluster has GPUs."""
+
+
+class SweepSpec(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    """Names the MLflow experiment, the Ray run directory and the export file."""
+    description: str = ""
+    workload: WorkloadSpec
+    searcher: SearcherSpec = SearcherSpec()
+    space: SpaceSpec
+    budget: BudgetSpec
+    asha: AshaSpec = AshaSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    @model_validator(mode="after")
+    def _trials(self) -> "SweepSpec":
+        if self.searcher.kind == "grid":
+            size = grid_size(self.space)
+            if self.searcher.num_trials is not None and self.searcher.num_trials > size:
+                raise ValueError(
+                    f"searcher.num_trials: {self.searcher.num_trials} exceeds the grid's {size} points"
+                )
+        elif self.searcher.num_trials is None:
+            raise ValueError(f"searcher.num_trials: required for the {self.searcher.kind} searcher")
+        return self
+
+    @property
+    def num_trials(self) -> int:
+        if self.searcher.num_trials is not None:
+            return self.searcher.num_trials
+        return grid_size(self.space)
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    inner = re.match(r"([A-Za-z_][\w.]*): (.*)", msg)
+    if inner:  # a model validator naming a field below its own path
+        path, msg = ".".join(p for p in (path, inner.group(1)) if p), inner.group(2)
+    value = first.get("input")
+    text = f"{path}: {msg}" if path else msg
+    if path and not isinstance(value, dict):
+        text += f" (got {value!r})"
+    more = len(err.errors()) - 1
+    if more:
+        text += f" [and {more} more error{'s' if more > 1 else ''}]"
+    return " ".join(text.split())
+
+
+def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(f"{source}: {_one_line(err)}") from None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a YAML sweep spec; raise :class:`SpecError` on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: cannot read spec: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}:{where} invalid YAML: {problem}") from None
+    return parse_spec(data, str(path))

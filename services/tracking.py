@@ -1,0 +1,174 @@
+"""The MLflow adapter: the only place samplewise writes to MLflow.
+
+It runs in the Tune driver as a ``tune.Callback`` (one writer process, so a SQLite store is
+safe and workers on other nodes need no route to the tracking server). A sweep submission
+is one parent run; each trial is a child run nested under it with the trial's params, its
+metrics at ``step = samples_seen``, and tags for its trial id and how it ended.
+MLflow is imported lazily: importing samplewise does not import MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ray import tune
+
+from services import metrics as m
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from services.spec import SweepSpec
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI."""
+
+
+def client_for(tracking_uri: str) -> "MlflowClient":
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_experiment(client: "MlflowClient", name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if missing (one experiment per sweep name)."""
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception as err:  # any store failure: unreachable server, bad URI, locked file
+        summary = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"MLflow tracking store {client.tracking_uri} is not usable: {summary}") from None
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def start_parent_run(client: "MlflowClient", experiment_id: str, spec: "SweepSpec", spec_path: str) -> str:
+    """Create the parent run of a sweep submission, with the spec as params and artifact."""
+    from mlflow.entities import Param
+
+    run = client.create_run(
+        experiment_id,
+        run_name=spec.name,
+        tags={m.TAG_SWEEP: spec.name, m.TAG_ROLE: "parent", m.TAG_SPEC_PATH: spec_path},
+    )
+    flat: dict[str, str] = {}
+    _flatten("", spec.model_dump(mode="json", exclude={"description"}), flat)
+    params = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[i : i + 100])
+    client.log_dict(run.info.run_id, spec.model_dump(mode="json"), "spec.yaml")
+    return run.info.run_id
+
+
+def _error_summary(trial) -> str:
+    try:
+        error = trial.get_error()
+    except Exception:  # the error file may be gone on remote storage
+        error = None
+    lines = [ln.strip() for ln in str(error or "").splitlines() if ln.strip()]
+    return (lines[-1] if lines else "trial failed")[:500]
+
+
+class MlflowTracker(tune.Callback):
+    """Writes every trial of one sweep to MLflow as a child run of ``parent_run_id``."""
+
+    def __init__(
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, spec: "SweepSpec", budget_samples: int
+    ):
+        self.tracking_uri = tracking_uri
+        self.budget_samples = budget_samples
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.sweep = spec.name
+        self.workload = spec.workload.name
+        self._client: "MlflowClient | None" = None
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._open: set[str] = set()
+
+    def __getstate__(self):  # Tune pickles callbacks; the client reconnects on first use
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> "MlflowClient":
+        if self._client is None:
+            self._client = client_for(self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial_id: str) -> str | None:
+        return self._runs.get(trial_id)
+
+    def _start(self, trial) -> str:
+        from mlflow.entities import Param
+
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        config = dict(trial.config, workload=self.workload)
+        name = f"{config.get('optimizer')}-{config.get('reduction')}-B{config.get('batch_size')}-{trial.trial_id}"
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={
+                PARENT_TAG: self.parent_run_id,
+                m.TAG_SWEEP: self.sweep,
+                m.TAG_ROLE: "trial",
+                m.TAG_TRIAL_ID: trial.trial_id,
+            },
+        )
+        params = [Param(key, str(config[key])) for key in m.PARAMS if key in config]
+        self.client.log_batch(run.info.run_id, params=params)
+        self._runs[trial.trial_id] = run.info.run_id
+        self._open.add(run.info.run_id)
+        return run.info.run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._start(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric
+
+        run_id = self._start(trial)
+        step = int(result[m.SAMPLES_SEEN])
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(result[key]), now, step) for key in m.REPORTED if key in result]
+        self.client.log_batch(run_id, metrics=batch)
+        if result.get(m.DIVERGED):
+            self.client.set_tag(run_id, m.TAG_DIVERGED, "true")
+
+    def _end(self, trial, status: str, tags: dict[str, str]) -> None:
+        run_id = self._start(trial)
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+        if run_id in self._open:
+            self.client.set_terminated(run_id, status=status)
+            self._open.discard(run_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        diverged = bool(last.get(m.DIVERGED))
+        stopped = not diverged and last.get(m.SAMPLES_SEEN, 0) < self.budget_samples
+        self._end(trial, "FINISHED", {m.TAG_DIVERGED: str(diverged).lower(), m.TAG_STOPPED_EARLY: str(stopped).lower()})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED", {m.TAG_ERROR: _error_summary(trial)})
+
+    def on_experiment_end(self, trials, **info):
+        self.close("KILLED")
+
+    def close(self, status: str = "KILLED") -> None:
+        """Mark every trial run still open (the sweep stopped under it) with ``status``."""
+        for run_id in list(self._open):
+            self.client.set_terminated(run_id, status=status)
+            self._open.discard(run_id)

@@ -1,0 +1,164 @@
+"""Training of one trial: a pure step function and a loop that reports per-sample metrics.
+
+Data stays on the device as tensors; batches are slices of a seeded index permutation
+(the tail that does not fill a batch is dropped each pass, so every update sees exactly
+``batch_size`` samples). Losses are summed on the device and read back once per
+reporting interval, never per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from search_spaces.scaling import TrialHParams
+from services import metrics as m
+from services.workloads import Workload
+
+
+def make_optimizer(model: nn.Module, hp: TrialHParams) -> torch.optim.Optimizer:
+    """The torch optimizer of ``hp``; decoupled decay of SGD/Adam is applied in :func:`train_step`."""
+    params = model.parameters()
+    coupled_wd = 0.0 if hp.decoupled_decay else hp.weight_decay
+    if hp.optimizer in ("sgd", "momentum"):
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=coupled_wd)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hp.lr, eps=hp.eps, weight_decay=coupled_wd)
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=hp.lr, eps=hp.eps, weight_decay=hp.weight_decay)
+    raise ValueError(f"optimizer: unknown {hp.optimizer!r}")
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    hp: TrialHParams,
+) -> torch.Tensor:
+    """One update on the batch (x, y); returns the batch's summed per-sample loss (no sync)."""
+    losses = loss_fn(model(x), y)
+    loss = losses.sum() if hp.reduction == "sum" else losses.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if hp.decoupled_decay and hp.weight_decay and hp.optimizer != "adamw":
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                torch._foreach_mul_(group["params"], 1.0 - group["lr"] * hp.weight_decay)
+    optimizer.step()
+    return losses.detach().sum()
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, workload: Workload, chunk: int = 8192) -> tuple[float, float]:
+    """(per-sample loss, accuracy) on the validation set."""
+    model.eval()
+    total = torch.zeros((), device=workload.x_val.device)
+    correct = torch.zeros((), device=workload.x_val.device)
+    n = workload.x_val.shape[0]
+    for start in range(0, n, chunk):
+        x, y = workload.x_val[start : start + chunk], workload.y_val[start : start + chunk]
+        out = model(x)
+        total += workload.loss_fn(out, y).sum()
+        if workload.classification:
+            correct += (out.argmax(dim=1) == y).sum()
+    model.train()
+    loss, acc = (total / n).item(), (correct / n).item()
+    return loss, (acc if workload.classification else float("nan"))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a trial trains and how often it reports, in samples."""
+
+    total_samples: int
+    interval_samples: int
+    divergence_factor: float = 5.0
+
+
+def run_trial(
+    workload: Workload,
+    hp: TrialHParams,
+    budget: Budget,
+    report: Callable[[dict], None],
+) -> dict:
+    """Train one trial, calling ``report(metrics)`` each interval; returns the last metrics.
+
+    A trial whose loss turns NaN/inf or exceeds ``divergence_factor`` times its initial
+    validation loss stops at that report with ``diverged = 1`` and a finite objective (the
+    divergence threshold), so searchers and schedulers rank it last without crashing.
+    """
+    torch.manual_seed(hp.seed)
+    device = workload.x_train.device
+    model = workload.model_fn().to(device)
+    optimizer = make_optimizer(model, hp)
+    order = torch.Generator(device="cpu").manual_seed(hp.seed)
+
+    n = workload.n_train
+    bs = min(hp.batch_size, n)
+    total_steps = max(1, math.ceil(budget.total_samples / bs))
+    steps_per_report = max(1, round(budget.interval_samples / bs))
+    initial_loss, _ = evaluate(model, workload)
+    threshold = budget.divergence_factor * max(initial_loss, 1e-12)
+
+    perm = torch.empty(0, dtype=torch.long, device=device)
+    pos = n  # forces a fresh permutation on the first step
+    running = torch.zeros((), device=device)
+    interval_start, interval_samples = time.perf_counter(), 0
+    last: dict = {}
+    for step in range(1, total_steps + 1):
+        if pos + bs > n:
+            perm = torch.randperm(n, generator=order).to(device)
+            pos = 0
+        idx = perm[pos : pos + bs]
+        pos += bs
+        running += train_step(model, optimizer, workload.x_train[idx], workload.y_train[idx], workload.loss_fn, hp)
+        interval_samples += bs
+        # Report every interval; a stub shorter than half an interval joins the last one.
+        if step != total_steps and (step % steps_per_report or total_steps - step < steps_per_report / 2):
+            continue
+        elapsed = time.perf_counter() - interval_start
+        train_loss = running.item() / interval_samples
+        val_loss, val_acc = evaluate(model, workload)
+        diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss)) or max(train_loss, val_loss) > threshold
+        last = {
+            m.TRAIN_LOSS: train_loss if math.isfinite(train_loss) else threshold,
+            m.VAL_LOSS: threshold if diverged else val_loss,
+            m.VAL_ACCURACY: val_acc if math.isfinite(val_acc) else 0.0,
+            m.SAMPLES_SEEN: step * bs,
+            m.UPDATES: step,
+            m.LR: optimizer.param_groups[0]["lr"],
+            m.DIVERGED: float(diverged),
+            m.SAMPLES_PER_S: interval_samples / max(elapsed, 1e-9),
+        }
+        report(last)
+        if diverged:
+            break
+        running.zero_()
+        interval_start, interval_samples = time.perf_counter(), 0
+    return last
+
+
+def tune_trainable(config: dict, spec) -> None:
+    """The Ray Tune function trainable: one trial of ``spec`` with hyperparameters ``config``."""
+    from ray import tune
+
+    from services import workloads
+
+    threads = max(1, int(spec.resources.cpus_per_trial))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    workload = workloads.load(spec.workload, device)
+    budget = Budget(
+        total_samples=spec.budget.total_samples(workload.n_train),
+        interval_samples=spec.budget.interval_samples(workload.n_train),
+        divergence_factor=spec.budget.divergence_factor,
+    )
+    run_trial(workload, TrialHParams.from_config(config), budget, tune.report)

@@ -1,0 +1,48 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = ROOT / "sweeps"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep generated datasets out of the user's cache during tests."""
+    os.environ.setdefault("SAMPLEWISE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray for the whole session, always shut down."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def tracking_uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def spec_dict(**overrides):
+    """A small valid spec as a dict; overrides replace top-level sections."""
+    base = {
+        "name": "t",
+        "workload": {"name": "digits_mlp", "params": {"hidden": 16}},
+        "searcher": {"kind": "random", "num_trials": 2, "max_concurrent": 2, "seed": 0},
+        "space": {
+            "batch_sizes": [16, 64],
+            "lr_per_sample": {"low": 1e-4, "high": 1e-2},
+            "reductions": ["mean", "sum"],
+            "optimizers": ["sgd", "adam"],
+        },
+        "budget": {"epochs": 1},
+    }
+    base.update(overrides)
+    return base

@@ -1,0 +1,104 @@
+"""The smoke sweep end to end through real Ray Tune, Optuna, torch and a SQLite MLflow store."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from services import cli
+from services import metrics as m
+from services.runner import make_searcher
+from services.spec import load_spec
+from tests.conftest import SWEEPS
+
+
+def test_seeded_searcher_gives_the_same_configs():
+    spec = load_spec(SWEEPS / "smoke.yaml")
+    first, second = make_searcher(spec), make_searcher(spec)
+    a = [first.suggest(f"t{i}") for i in range(4)]
+    b = [second.suggest(f"t{i}") for i in range(4)]
+    assert a == b
+    assert all(c["lr"] == pytest.approx(c["lr_per_sample"] * c["batch_size"] ** c["k"]) for c in a)
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory, ray_session):
+    """Run sweeps/smoke.yaml through the CLI, as `make sweep` does, then export it."""
+    work = tmp_path_factory.mktemp("smoke")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        assert cli.main(["sweep", str(SWEEPS / "smoke.yaml")]) == 0
+        assert cli.main(["export", str(SWEEPS / "smoke.yaml")]) == 0
+    return work, MlflowClient(uri)
+
+
+def test_parent_and_one_child_per_trial(smoke_sweep):
+    _, client = smoke_sweep
+    spec = load_spec(SWEEPS / "smoke.yaml")
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get(m.TAG_ROLE) == "parent"]
+    children = [r for r in runs if r.data.tags.get(m.TAG_ROLE) == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == spec.num_trials
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert len({c.data.tags[m.TAG_TRIAL_ID] for c in children}) == spec.num_trials
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {"batch_size", "lr", "lr_per_sample", "reduction", "optimizer", "rule", "weight_decay",
+                "seed", "workload"} <= set(child.data.params)
+        assert child.data.params["workload"] == "digits_mlp"
+        assert {m.TRAIN_LOSS, m.VAL_LOSS, m.VAL_ACCURACY, m.SAMPLES_SEEN, m.UPDATES, m.LR} <= set(child.data.metrics)
+
+
+def test_metric_steps_are_samples_seen(smoke_sweep):
+    _, client = smoke_sweep
+    experiment = client.get_experiment_by_name("smoke")
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
+    for child in children:
+        seen = client.get_metric_history(child.info.run_id, m.SAMPLES_SEEN)
+        assert seen and all(point.step == int(point.value) for point in seen)
+        batch = int(child.data.params["batch_size"])
+        assert all(point.value % batch == 0 for point in seen)
+        val_steps = [p.step for p in client.get_metric_history(child.info.run_id, m.VAL_LOSS)]
+        assert sorted(val_steps) == sorted(p.step for p in seen)
+        lrs = client.get_metric_history(child.info.run_id, m.LR)
+        assert lrs[0].value == pytest.approx(float(child.data.params["lr"]))
+
+
+def test_export_holds_the_best_constant_per_group(smoke_sweep):
+    work, client = smoke_sweep
+    doc = json.loads((work / "exports" / "smoke.json").read_text())
+    experiment = client.get_experiment_by_name("smoke")
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
+    groups = {(c.data.params["optimizer"], c.data.params["reduction"]) for c in children}
+    assert {(c["optimizer"], c["reduction"]) for c in doc["constants"]} == groups
+    assert doc["sweep"] == "smoke" and doc["objective"] == m.VAL_LOSS
+    for const in doc["constants"]:
+        members = [c for c in children
+                   if (c.data.params["optimizer"], c.data.params["reduction"]) == (const["optimizer"], const["reduction"])]
+        assert const["trials"]["total"] == len(members)
+        best = const["best"]
+        run = client.get_run(best["run_id"])
+        assert float(run.data.params["lr_per_sample"]) == pytest.approx(const["lr_per_sample"])
+        assert best["val_loss_per_sample"] == pytest.approx(
+            min(c.data.metrics[m.VAL_LOSS] for c in members if c.data.tags.get(m.TAG_DIVERGED) != "true"
+                and c.data.tags.get(m.TAG_STOPPED_EARLY) != "true") if const["trials"]["completed"] else best["val_loss_per_sample"])
+        assert const["formula"].startswith(f"lr = {const['lr_per_sample']:.6g} * batch_size**")
+        for row in const["per_batch_size"]:
+            assert row["lr"] == pytest.approx(row["lr_per_sample"] * row["batch_size"] ** const["k"])
+    artifacts = {a.path for a in client.list_artifacts(doc["parent_run_id"], "export")}
+    assert artifacts == {"export/smoke.json", "export/smoke.yaml"}
+    assert (work / "exports" / "smoke.yaml").exists()
+
+
+def test_lr_lookup_from_the_export(smoke_sweep, capsys):
+    work, _ = smoke_sweep
+    doc = json.loads((work / "exports" / "smoke.json").read_text())
+    const = doc["constants"][0]
+    args = ["lr", str(work / "exports" / "smoke.json"), "--batch-size", "32",
+            "--optimizer", const["optimizer"], "--reduction", const["reduction"], "--value-only"]
+    assert cli.main(args) == 0
+    assert float(capsys.readouterr().out) == pytest.approx(const["lr_per_sample"] * 32 ** const["k"], rel=1e-5)

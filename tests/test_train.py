@@ -1,0 +1,101 @@
+"""The training step and loop: exact SGD equivalence, per-sample losses, divergence, seeding."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from search_spaces import derive
+from services import metrics as m
+from services.train import Budget, make_optimizer, run_trial, train_step
+from services.workloads import digits_mlp
+
+
+@pytest.fixture(scope="module")
+def workload():
+    return digits_mlp(hidden=32)
+
+
+def _train_pair(workload, hp_a, hp_b, steps=8):
+    torch.manual_seed(0)
+    model_a = workload.model_fn().double()
+    model_b = copy.deepcopy(model_a)
+    opt_a, opt_b = make_optimizer(model_a, hp_a), make_optimizer(model_b, hp_b)
+    x, y = workload.x_train.double(), workload.y_train
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    B = hp_a.batch_size
+    for step in range(steps):
+        idx = order[step * B : (step + 1) * B]
+        train_step(model_a, opt_a, x[idx], y[idx], workload.loss_fn, hp_a)
+        train_step(model_b, opt_b, x[idx], y[idx], workload.loss_fn, hp_b)
+    return max((pa - pb).abs().max().item() for pa, pb in zip(model_a.parameters(), model_b.parameters()))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_sgd_sum_eta_equals_sgd_mean_B_eta(workload, optimizer):
+    B, eta = 32, 2e-3
+    hp_sum = derive(batch_size=B, reduction="sum", optimizer=optimizer, lr_per_sample=eta)
+    hp_mean = derive(batch_size=B, reduction="mean", optimizer=optimizer, lr_per_sample=eta)
+    assert hp_sum.lr == pytest.approx(eta) and hp_mean.lr == pytest.approx(B * eta)
+    assert _train_pair(workload, hp_sum, hp_mean) <= 1e-6
+
+
+def test_mismatched_lr_is_not_equivalent(workload):
+    """The check can fail: sum with the mean's LR takes B-times larger steps."""
+    hp_mean = derive(batch_size=32, reduction="mean", optimizer="sgd", lr_per_sample=2e-3)
+    hp_wrong = derive(batch_size=32, reduction="sum", optimizer="sgd", lr_per_sample=2e-3, rule="none")
+    hp_wrong = hp_wrong.__class__(**{**hp_wrong.as_config(), "lr": hp_mean.lr})
+    assert _train_pair(workload, hp_wrong, hp_mean) > 1e-3
+
+
+def test_adam_sum_with_scaled_eps_and_coupled_decay_equals_mean(workload):
+    kw = dict(batch_size=16, optimizer="adam", lr_per_sample=1e-3, weight_decay=1e-2, eps=1e-6)
+    hp_sum, hp_mean = derive(reduction="sum", **kw), derive(reduction="mean", **kw)
+    assert hp_sum.eps == pytest.approx(16e-6) and hp_sum.weight_decay == pytest.approx(0.16)
+    assert _train_pair(workload, hp_sum, hp_mean) <= 1e-6
+
+
+def test_loss_is_reported_per_sample_whatever_the_reduction(workload):
+    """One step at lr=0 leaves the model alone; sum and mean report the same per-sample loss."""
+    losses = {}
+    for reduction in ("mean", "sum"):
+        torch.manual_seed(0)
+        model = workload.model_fn()
+        hp = derive(batch_size=64, reduction=reduction, optimizer="sgd", lr_per_sample=1e-12)
+        opt = make_optimizer(model, hp)
+        total = train_step(model, opt, workload.x_train[:64], workload.y_train[:64], workload.loss_fn, hp)
+        losses[reduction] = total.item() / 64
+    direct = torch.nn.functional.cross_entropy(model(workload.x_train[:64]), workload.y_train[:64]).item()
+    assert losses["mean"] == pytest.approx(losses["sum"], rel=1e-6)
+    assert losses["mean"] == pytest.approx(direct, rel=1e-4)
+
+
+def test_run_trial_reports_contract_metrics_at_sample_counts(workload):
+    reports = []
+    hp = derive(batch_size=64, reduction="sum", optimizer="sgd", lr_per_sample=1e-3)
+    run_trial(workload, hp, Budget(total_samples=3 * workload.n_train, interval_samples=workload.n_train), reports.append)
+    assert len(reports) == 3
+    assert set(m.REPORTED) <= set(reports[0])
+    assert [r[m.UPDATES] for r in reports] == [22, 44, 68]  # round(1437/64)=22 steps per report, ceil(4311/64)=68
+    assert all(r[m.SAMPLES_SEEN] == r[m.UPDATES] * 64 for r in reports)
+    assert reports[-1][m.VAL_LOSS] < reports[0][m.VAL_LOSS]
+    assert reports[-1][m.DIVERGED] == 0.0
+
+
+def test_diverging_trial_stops_early_with_a_finite_objective(workload):
+    reports = []
+    hp = derive(batch_size=16, reduction="mean", optimizer="sgd", lr_per_sample=50.0)
+    run_trial(workload, hp, Budget(total_samples=10 * workload.n_train, interval_samples=workload.n_train), reports.append)
+    assert reports[-1][m.DIVERGED] == 1.0
+    assert len(reports) < 10
+    assert math.isfinite(reports[-1][m.VAL_LOSS]) and math.isfinite(reports[-1][m.TRAIN_LOSS])
+
+
+def test_same_seed_same_losses_on_cpu(workload):
+    hp = derive(batch_size=32, reduction="mean", optimizer="adam", lr_per_sample=2e-4, seed=3)
+    budget = Budget(total_samples=workload.n_train, interval_samples=workload.n_train // 2)
+    a, b = [], []
+    run_trial(workload, hp, budget, a.append)
+    run_trial(workload, hp, budget, b.append)
+    assert [r[m.VAL_LOSS] for r in a] == [r[m.VAL_LOSS] for r in b]

@@ -108,7 +108,7 @@ class ProgressPrinter(tune.Callback):
         self._line(trial, outcome)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, f"FAILED: {tracking._error_summary(trial)}")
+        self._line(trial, f"FAILED: {tracking.error_summary(trial)}")
 
 
 def init_ray(address: str | None) -> bool:
@@ -131,9 +131,10 @@ def run_sweep(
     tracking_uri: str | None = None,
     ray_address: str | None = None,
     storage_path: str | None = None,
-    stream: IO[str] = sys.stdout,
+    stream: IO[str] | None = None,
 ) -> SweepOutcome:
     """Run every trial of ``spec`` and track it in MLflow; returns where the results are."""
+    stream = stream or sys.stdout
     uri = tracking_uri or paths.tracking_uri()
     client = tracking.client_for(uri)
     experiment_id = tracking.ensure_experiment(client, spec.name, paths.artifact_location(uri, spec.name))

@@ -73,12 +73,16 @@ def start_parent_run(client: "MlflowClient", experiment_id: str, spec: "SweepSpe
     return run.info.run_id
 
 
-def _error_summary(trial) -> str:
-    try:
-        error = trial.get_error()
-    except Exception:  # the error file may be gone on remote storage
-        error = None
-    lines = [ln.strip() for ln in str(error or "").splitlines() if ln.strip()]
+def error_summary(trial) -> str:
+    """The last line of a failed trial's traceback (e.g. ``ValueError: bad shape``)."""
+    text = ""
+    try:  # Tune writes the error to the trial's local directory before calling back
+        if trial.error_file:
+            with open(trial.error_file) as f:
+                text = f.read()
+    except OSError:
+        pass
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure #")]
     return (lines[-1] if lines else "trial failed")[:500]
 
 
@@ -162,7 +166,7 @@ class MlflowTracker(tune.Callback):
         self._end(trial, "FINISHED", {m.TAG_DIVERGED: str(diverged).lower(), m.TAG_STOPPED_EARLY: str(stopped).lower()})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "FAILED", {m.TAG_ERROR: _error_summary(trial)})
+        self._end(trial, "FAILED", {m.TAG_ERROR: error_summary(trial)})
 
     def on_experiment_end(self, trials, **info):
         self.close("KILLED")

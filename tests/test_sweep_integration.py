@@ -102,3 +102,24 @@ def test_lr_lookup_from_the_export(smoke_sweep, capsys):
             "--optimizer", const["optimizer"], "--reduction", const["reduction"], "--value-only"]
     assert cli.main(args) == 0
     assert float(capsys.readouterr().out) == pytest.approx(const["lr_per_sample"] * 32 ** const["k"], rel=1e-5)
+
+
+def test_failing_trials_are_failed_runs_and_the_sweep_finishes(tmp_path, ray_session, monkeypatch, capsys):
+    from services.runner import run_sweep
+    from services.spec import parse_spec
+    from tests.conftest import spec_dict
+
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(spec_dict(name="broken", workload={"name": "tests.plugin_workloads:broken_model"}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run_sweep(spec, tracking_uri=uri)
+    assert outcome.num_errors == 2
+    client = MlflowClient(uri)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([outcome.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FAILED"
+        assert "boom: model cannot be built" in child.data.tags[m.TAG_ERROR]
+    assert capsys.readouterr().out.count("FAILED: ") == 2

@@ -8,7 +8,7 @@ SWEEP  ?= sweeps/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test validate export ui clean
+.PHONY: install sweep test validate export verify ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ validate: install  ## check a spec without running it
 
 export: install  ## write exports/<sweep>.json and .yaml from MLflow
 	$(BIN)/samplewise export $(SWEEP)
+
+verify: install  ## check the sum/mean equivalences the scaling rules rely on
+	$(BIN)/samplewise verify
 
 ui: install  ## MLflow UI on the local store, bound to 127.0.0.1
 	$(BIN)/samplewise ui

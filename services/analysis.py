@@ -1,4 +1,5 @@
-"""Pure functions over a table of trial results: the best LR per sample per group.
+"""Pure functions over a table of trial results: the best LR per sample per group, and
+whether the group's scaling rule holds (:mod:`services.fit`).
 
 A group is one optimizer x reduction. Within a group, trials that trained the full budget
 are compared (ASHA-stopped ones only if none did); diverged and failed trials never win.
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
+
+from services.fit import Optimum, PowerLaw, optimal_lr, valid_range, verdict
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class TrialRecord:
     samples_seen: int = 0
     diverged: bool = False
     stopped_early: bool = False
+    b_simple: Optional[float] = None
+    """Last gradient noise scale the trial measured."""
 
     @property
     def usable(self) -> bool:
@@ -46,6 +51,8 @@ class BatchBest:
     trials: int
     full_budget: bool
     """False when every trial at this batch size was stopped early by ASHA."""
+    b_simple: Optional[float] = None
+    """Noise scale measured by the best trial at this batch size."""
 
 
 @dataclass(frozen=True)
@@ -57,13 +64,29 @@ class GroupSummary:
     best: Optional[TrialRecord]
     per_batch: list[BatchBest] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    optima: list[Optimum] = field(default_factory=list)
+    """lr*(B) estimated from the U-curve at each batch size with at least two LRs."""
+    law: Optional[PowerLaw] = None
+    """lr*(B) = c * B**k fitted over the batch sizes where the rule holds."""
+    above_range: list[int] = field(default_factory=list)
+    """Batch sizes above the valid range: lr* stopped following the fit there."""
+    verdict: str = "inconclusive: no fit"
+
+    @property
+    def valid_batch_range(self) -> Optional[tuple[int, int]]:
+        return (min(self.law.batch_sizes), max(self.law.batch_sizes)) if self.law else None
+
+    @property
+    def b_simple(self) -> Optional[float]:
+        return self.best.b_simple if self.best else None
 
     @property
     def lr_per_sample(self) -> Optional[float]:
         return self.best.lr_per_sample if self.best else None
 
 
-def _candidates(records: list[TrialRecord]) -> list[TrialRecord]:
+def candidates(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The trials to compare: usable ones that trained the full budget, else all usable ones."""
     usable = [r for r in records if r.usable]
     full = [r for r in usable if not r.stopped_early]
     return full or usable
@@ -87,16 +110,23 @@ def summarize(records: Iterable[TrialRecord]) -> list[GroupSummary]:
         groups[(record.optimizer, record.reduction)].append(record)
     out = []
     for (optimizer, reduction), members in sorted(groups.items()):
-        candidates = _candidates(members)
-        best = min(candidates, key=lambda r: r.val_loss) if candidates else None
-        per_batch = []
+        pool = candidates(members)
+        best = min(pool, key=lambda r: r.val_loss) if pool else None
+        per_batch, optima = [], []
         for bs in sorted({r.batch_size for r in members if r.usable}):
-            at_bs = _candidates([r for r in members if r.batch_size == bs])
+            at_bs = candidates([r for r in members if r.batch_size == bs])
             top = min(at_bs, key=lambda r: r.val_loss)
             per_batch.append(BatchBest(bs, top.lr, top.lr_per_sample, top.val_loss, top.val_accuracy,
-                                       len(at_bs), not top.stopped_early))
+                                       len(at_bs), not top.stopped_early, top.b_simple))
+            if len({r.lr for r in at_bs}) >= 2:
+                tried = [r.lr for r in members if r.batch_size == bs and (r.usable or r.diverged)]
+                optima.append(optimal_lr(bs, [r.lr for r in at_bs], [r.val_loss for r in at_bs], tried))
         rule, k = members[0].rule, members[0].k
-        out.append(GroupSummary(optimizer, reduction, rule, k, best, per_batch, _counts(members)))
+        law, above = valid_range(optima) if len(optima) >= 2 else (None, [])
+        out.append(GroupSummary(
+            optimizer, reduction, rule, k, best, per_batch, _counts(members),
+            optima=optima, law=law, above_range=[o.batch_size for o in above], verdict=verdict(law, k),
+        ))
     return out
 
 

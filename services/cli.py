@@ -83,6 +83,16 @@ def cmd_lr(args) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args) -> int:
+    from services.verify import format_rows, verify
+
+    if args.batch_size < 2 or args.steps < 1:
+        raise SpecError(f"--batch-size/--steps: need batch size >= 2 and steps >= 1, got {args.batch_size}/{args.steps}")
+    rows = verify(batch_size=args.batch_size, steps=args.steps)
+    print(format_rows(rows))
+    return EXIT_OK if all(r.passed for r in rows) else EXIT_FAILED
+
+
 def cmd_ui(args) -> int:
     uri = args.tracking_uri or paths.tracking_uri()
     if not uri.startswith("sqlite:"):
@@ -131,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduction", choices=["mean", "sum"])
     p.add_argument("--value-only", action="store_true", help="print only the number")
     p.set_defaults(func=cmd_lr)
+
+    p = sub.add_parser("verify", help="check the reduction equivalences the rules rely on",
+                       description="Train paired models that the rules say are identical (and controls that must "
+                                   "differ) and print the max relative parameter difference; exit 1 on a failed row.")
+    p.add_argument("--batch-size", type=int, default=24)
+    p.add_argument("--steps", type=int, default=10)
+    p.set_defaults(func=cmd_verify)
 
     p = with_store(sub.add_parser("ui", help="serve the MLflow UI on the local store",
                                   description="Serve the MLflow UI for the local SQLite store."))

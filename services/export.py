@@ -20,6 +20,7 @@ import yaml
 from search_spaces.scaling import ADAPTIVE, lr_for
 from services import metrics as m
 from services.analysis import GroupSummary, TrialRecord, summarize
+from services.fit import CI
 from services.tracking import PARENT_TAG, TrackingError, client_for
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def _record(run: "Run") -> TrialRecord:
         samples_seen=int(mt.get(m.SAMPLES_SEEN, 0)),
         diverged=tags.get(m.TAG_DIVERGED) == "true" or bool(mt.get(m.DIVERGED)),
         stopped_early=tags.get(m.TAG_STOPPED_EARLY) == "true",
+        b_simple=mt.get(m.B_SIMPLE),
     )
 
 
@@ -116,13 +118,46 @@ def _group_doc(g: GroupSummary, spec_params: dict[str, str]) -> dict[str, Any]:
         doc["best"] = {
             "batch_size": b.batch_size, "lr": b.lr, "val_loss_per_sample": b.val_loss,
             "val_accuracy": b.val_accuracy, "samples_seen": b.samples_seen, "run_id": b.run_id,
+            "b_simple": b.b_simple,
+        }
+    doc.update(_evidence_doc(g))
+    return doc
+
+
+def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
+    """Does the rule hold: fitted exponent, verdict, valid range, lr*(B) with intervals, B_simple."""
+    b_simple = g.b_simple
+    doc: dict[str, Any] = {
+        "verdict": g.verdict,
+        "lr_star": [
+            {
+                "batch_size": o.batch_size, "lr": o.lr, "interval": [o.lo, o.hi], "best_tried_lr": o.best_tried_lr,
+                "val_loss_per_sample": o.best_loss, "lrs_tried": o.n_points, "method": o.method,
+                "on_edge": o.on_edge, "above_b_simple": bool(b_simple and o.batch_size > b_simple),
+            }
+            for o in g.optima
+        ],
+        "edge_warnings": [
+            f"batch size {o.batch_size}: the best LR tried is at the edge of the range searched; widen it"
+            for o in g.optima if o.on_edge
+        ],
+        "b_simple": b_simple,
+        "batch_sizes_above_b_simple": [b.batch_size for b in g.per_batch if b_simple and b.batch_size > b_simple],
+    }
+    if g.law is not None:
+        law = g.law
+        doc["fit"] = {
+            "k": law.k, "k_interval": [law.k_lo, law.k_hi], "c": law.c, "c_interval": [law.c_lo, law.c_hi],
+            "formula": f"lr* = {law.c:.4g} * batch_size**{law.k:.3g}", "rule_k": g.k, "confidence": CI,
+            "valid_batch_range": list(g.valid_batch_range), "above_valid_range": g.above_range,
         }
     return doc
 
 
-def build_export(client: "MlflowClient", sweep: str, parent_run_id: Optional[str] = None) -> dict[str, Any]:
+def build_export(client: "MlflowClient", sweep: str, parent_run_id: Optional[str] = None,
+                 records: Optional[list[TrialRecord]] = None) -> dict[str, Any]:
     parent = find_parent_run(client, sweep, parent_run_id)
-    records = load_records(client, parent)
+    records = load_records(client, parent) if records is None else records
     if not records:
         raise ExportError(f"sweep {sweep!r}: parent run {parent.info.run_id} has no trial runs")
     groups = summarize(records)
@@ -152,10 +187,36 @@ def write_export(doc: dict[str, Any], out_dir: Path, client: "MlflowClient | Non
     return [json_path, yaml_path]
 
 
-def export_sweep(sweep: str, tracking_uri: str, out_dir: Path, parent_run_id: Optional[str] = None):
+def best_histories(client: "MlflowClient", groups: list[GroupSummary], records: list[TrialRecord]):
+    """Val-loss curves (samples seen, loss) of the best trial per optimizer x reduction x batch size."""
+    run_of = {(r.optimizer, r.reduction, r.batch_size, r.lr, r.val_loss): r.run_id for r in records}
+    curves = {}
+    for g in groups:
+        for b in g.per_batch:
+            run_id = run_of.get((g.optimizer, g.reduction, b.batch_size, b.lr, b.val_loss))
+            if run_id:
+                history = client.get_metric_history(run_id, m.VAL_LOSS)
+                curves[(g.optimizer, g.reduction, b.batch_size)] = sorted((p.step, p.value) for p in history)
+    return curves
+
+
+def export_sweep(sweep: str, tracking_uri: str, out_dir: Path, parent_run_id: Optional[str] = None,
+                 plots: bool = True):
+    """Export a sweep: the constants (JSON, YAML) and the four plots, on disk and on the parent run."""
+    from services.plots import write_plots
+
     client = client_for(tracking_uri)
-    doc = build_export(client, sweep, parent_run_id)
-    return doc, write_export(doc, out_dir, client)
+    parent = find_parent_run(client, sweep, parent_run_id)
+    records = load_records(client, parent)
+    doc = build_export(client, sweep, parent.info.run_id, records=records)
+    files = write_export(doc, out_dir, client)
+    if plots:
+        groups = summarize(records)
+        pngs = write_plots(doc["sweep"], records, groups, best_histories(client, groups, records), out_dir)
+        for png in pngs:
+            client.log_artifact(parent.info.run_id, str(png), artifact_path="plots")
+        files += pngs
+    return doc, files
 
 
 def read_export(path: str | Path) -> dict[str, Any]:
@@ -164,9 +225,9 @@ def read_export(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise ExportError(f"{path}: cannot read export ({err.strerror or err})") from None
-    try:
-        doc = yaml.safe_load(text)  # JSON is YAML: one reader for both files
-    except yaml.YAMLError:
+    try:  # JSON by its own parser: PyYAML reads JSON's 2e-05 as a string
+        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError):
         raise ExportError(f"{path}: not a samplewise export (unparseable)") from None
     if not isinstance(doc, dict) or "constants" not in doc:
         raise ExportError(f"{path}: not a samplewise export (no constants)")
@@ -198,11 +259,20 @@ def lr_lookup(doc: dict[str, Any], batch_size: int, optimizer: Optional[str] = N
     lr = lr_for(const["lr_per_sample"], const["k"], batch_size)
     warnings = []
     swept = const.get("batch_sizes_swept") or []
+    fit = const.get("fit") or {}
+    valid = fit.get("valid_batch_range")
     if swept and not (min(swept) <= batch_size <= max(swept)):
         warnings.append(
             f"batch size {batch_size} lies outside the swept range {min(swept)}..{max(swept)}; "
             "the rule was not checked there"
         )
+    elif valid and not (valid[0] <= batch_size <= valid[1]):
+        warnings.append(
+            f"batch size {batch_size} lies outside {valid[0]}..{valid[1]}, where the sweep found the rule to hold"
+        )
+    if str(const.get("verdict", "")).startswith("does not hold") and fit:
+        fitted = fit["c"] * batch_size ** fit["k"]
+        warnings.append(f"the rule does not hold here ({const['verdict']}); the fitted {fit['formula']} gives {fitted:.4g}")
     if not math.isfinite(lr):
         raise ExportError(f"{const['optimizer']}/{const['reduction']}: constant is not a finite number")
     return lr, const, warnings

@@ -20,11 +20,13 @@ DIVERGED = "diverged"
 """1.0 once a trial stopped because its loss blew up, else 0.0."""
 SAMPLES_PER_S = "perf/samples_per_s"
 """Training throughput of the last interval (samples per second of training)."""
+B_SIMPLE = "noise/b_simple"
+"""EMA-smoothed gradient noise scale tr(Sigma)/|G|^2 (McCandlish et al. 2018), in samples."""
 
 OBJECTIVE = VAL_LOSS
 MODE = "min"
 
-REPORTED = (TRAIN_LOSS, VAL_LOSS, VAL_ACCURACY, SAMPLES_SEEN, UPDATES, LR, DIVERGED, SAMPLES_PER_S)
+REPORTED = (TRAIN_LOSS, VAL_LOSS, VAL_ACCURACY, SAMPLES_SEEN, UPDATES, LR, DIVERGED, SAMPLES_PER_S, B_SIMPLE)
 """Every metric a trial reports; the tracker logs these and nothing Tune adds."""
 
 PARAMS = (

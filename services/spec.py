@@ -129,6 +129,20 @@ class AshaSpec(_Frozen):
     reduction_factor: float = Field(default=3.0, gt=1, allow_inf_nan=False)
 
 
+class NoiseSpec(_Frozen):
+    enabled: bool = True
+    """Measure the gradient noise scale B_simple once per report (``noise/b_simple``)."""
+    small_batch: int = Field(default=32, ge=1)
+    large_batch: int = Field(default=256, ge=2)
+    """The two batch sizes of the estimator; 2 x 32 + 256 samples of gradients per report."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "NoiseSpec":
+        if self.small_batch >= self.large_batch:
+            raise ValueError(f"small_batch: {self.small_batch} must be below large_batch {self.large_batch}")
+        return self
+
+
 class ResourcesSpec(_Frozen):
     cpus_per_trial: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     gpus_per_trial: float = Field(default=0.25, ge=0, le=1, allow_inf_nan=False)
@@ -144,6 +158,7 @@ class SweepSpec(_Frozen):
     space: SpaceSpec
     budget: BudgetSpec
     asha: AshaSpec = AshaSpec()
+    noise: NoiseSpec = NoiseSpec()
     resources: ResourcesSpec = ResourcesSpec()
 
     @model_validator(mode="after")

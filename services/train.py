@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from search_spaces.scaling import TrialHParams
 from services import metrics as m
+from services.noise import NoiseScale
 from services.workloads import Workload
 
 
@@ -80,6 +81,8 @@ class Budget:
     total_samples: int
     interval_samples: int
     divergence_factor: float = 5.0
+    noise_batches: Optional[tuple[int, int]] = None
+    """(small, large) batch sizes for the gradient noise scale; None skips it."""
 
 
 def run_trial(
@@ -104,6 +107,7 @@ def run_trial(
     bs = min(hp.batch_size, n)
     total_steps = max(1, math.ceil(budget.total_samples / bs))
     steps_per_report = max(1, round(budget.interval_samples / bs))
+    noise = NoiseScale(*budget.noise_batches, seed=hp.seed) if budget.noise_batches else None
     initial_loss, _ = evaluate(model, workload)
     threshold = budget.divergence_factor * max(initial_loss, 1e-12)
 
@@ -137,6 +141,9 @@ def run_trial(
             m.DIVERGED: float(diverged),
             m.SAMPLES_PER_S: interval_samples / max(elapsed, 1e-9),
         }
+        b_simple = noise.measure(model, workload) if noise and not diverged else None
+        if b_simple is not None:
+            last[m.B_SIMPLE] = b_simple
         report(last)
         if diverged:
             break
@@ -160,5 +167,6 @@ def tune_trainable(config: dict, spec) -> None:
         total_samples=spec.budget.total_samples(workload.n_train),
         interval_samples=spec.budget.interval_samples(workload.n_train),
         divergence_factor=spec.budget.divergence_factor,
+        noise_batches=(spec.noise.small_batch, spec.noise.large_batch) if spec.noise.enabled else None,
     )
     run_trial(workload, TrialHParams.from_config(config), budget, tune.report)

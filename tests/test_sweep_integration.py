@@ -94,6 +94,32 @@ def test_export_holds_the_best_constant_per_group(smoke_sweep):
     assert (work / "exports" / "smoke.yaml").exists()
 
 
+def test_export_carries_the_evidence_and_the_plots(smoke_sweep):
+    work, client = smoke_sweep
+    doc = json.loads((work / "exports" / "smoke.json").read_text())
+    for const in doc["constants"]:
+        assert const["verdict"].split(":")[0] in ("holds", "does not hold", "inconclusive")
+        for row in const["lr_star"]:
+            assert row["interval"][0] <= row["lr"] <= row["interval"][1]
+    plots = {a.path for a in client.list_artifacts(doc["parent_run_id"], "plots")}
+    names = ("u_curves", "collapse", "lr_star", "learning_curves")
+    assert plots == {f"plots/smoke-{n}.png" for n in names}
+    for n in names:
+        assert (work / "exports" / f"smoke-{n}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_noise_scale_is_logged_at_samples_seen(smoke_sweep):
+    _, client = smoke_sweep
+    experiment = client.get_experiment_by_name("smoke")
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
+    logged = [c for c in children if m.B_SIMPLE in c.data.metrics]
+    assert logged
+    for child in logged:
+        seen = {p.step for p in client.get_metric_history(child.info.run_id, m.SAMPLES_SEEN)}
+        history = client.get_metric_history(child.info.run_id, m.B_SIMPLE)
+        assert {p.step for p in history} <= seen and all(p.value > 0 for p in history)
+
+
 def test_lr_lookup_from_the_export(smoke_sweep, capsys):
     work, _ = smoke_sweep
     doc = json.loads((work / "exports" / "smoke.json").read_text())

@@ -1,0 +1,68 @@
+"""Gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), measured in a trial.
+
+From squared norms of mean-reduced gradients at two batch sizes b < B' (DESIGN.md, section 1):
+
+    |G|^2     ~ (B' |G_B'|^2 - b |G_b|^2) / (B' - b)
+    tr(Sigma) ~ (|G_b|^2 - |G_B'|^2) / (1/b - 1/B')
+
+Each is averaged with an EMA over reporting intervals before taking the ratio. The extra
+gradients use ``torch.autograd.grad`` (optimizer state and ``.grad`` untouched) and their own
+random generator, so measuring does not change what the trial trains on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from services.workloads import Workload
+
+
+def grad_sq_norm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:
+    """|grad of the mean per-sample loss|^2 on (x, y), as a 0-d tensor (no host sync)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss_fn(model(x), y).mean(), params)
+    return torch.stack([g.pow(2).sum() for g in grads]).sum()
+
+
+@dataclass
+class NoiseScale:
+    small: int
+    large: int
+    repeats: int = 2
+    """Small batches averaged per measurement (the small-batch norm is the noisier one)."""
+    decay: float = 0.8
+    """EMA decay per measurement."""
+    seed: int = 0
+    _g2: Optional[float] = field(default=None, init=False)
+    _tr: Optional[float] = field(default=None, init=False)
+    _gen: Optional[torch.Generator] = field(default=None, init=False)
+
+    def measure(self, model: torch.nn.Module, workload: Workload) -> Optional[float]:
+        """One measurement; returns the EMA-smoothed B_simple, or None while not positive."""
+        n = workload.n_train
+        small, large = min(self.small, n), min(self.large, n)
+        if small >= large:
+            return None
+        if self._gen is None:
+            self._gen = torch.Generator().manual_seed(self.seed + 7919)  # apart from the data order
+        device = workload.x_train.device
+
+        def norm(size: int) -> torch.Tensor:
+            idx = torch.randperm(n, generator=self._gen)[:size].to(device)
+            return grad_sq_norm(model, workload.x_train[idx], workload.y_train[idx], workload.loss_fn)
+
+        g_small = torch.stack([norm(small) for _ in range(self.repeats)]).mean()
+        g_large = norm(large)
+        g2 = ((large * g_large - small * g_small) / (large - small)).item()
+        tr = ((g_small - g_large) / (1.0 / small - 1.0 / large)).item()
+        if self._g2 is None:
+            self._g2, self._tr = g2, tr
+        else:
+            self._g2 = self.decay * self._g2 + (1 - self.decay) * g2
+            self._tr = self.decay * self._tr + (1 - self.decay) * tr
+        if self._g2 > 0 and self._tr > 0:
+            return self._tr / self._g2
+        return None

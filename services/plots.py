@@ -1,0 +1,177 @@
+"""The four plots people look at, as PNGs (matplotlib, no display needed).
+
+1. ``u_curves``: val loss per sample vs LR, one curve per batch size.
+2. ``collapse``: the same against LR per sample (lr / B**k): the curves collapse when the rule holds.
+3. ``lr_star``: lr*(B) on log-log with intervals, the fitted line, the rule's line, B_simple marked.
+4. ``learning_curves``: val loss vs samples seen for the best trial at each batch size.
+Each figure has one panel per optimizer x reduction.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, NullFormatter  # noqa: E402
+import numpy as np  # noqa: E402
+
+from services.analysis import GroupSummary, TrialRecord, candidates  # noqa: E402
+
+LOSS_LABEL = "validation loss per sample (nats)"
+PLOTS = ("u_curves", "collapse", "lr_star", "learning_curves")
+
+
+def _panels(n: int, title: str):
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=13)
+    return fig, list(axes.flat[:n])
+
+
+def _log_y(ax) -> None:
+    """Log y; label the 2..9 ticks too when the data span less than a decade and a half."""
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    if hi / lo < 30:
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        ax.tick_params(axis="y", which="minor", labelsize=8)
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _log_axes(ax, xbase: int = 10) -> None:
+    ax.set_xscale("log", base=xbase)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    _log_y(ax)
+
+
+def _colors(batch_sizes: Sequence[int]) -> dict[int, tuple]:
+    cmap = plt.get_cmap("viridis")
+    sizes = sorted(batch_sizes)
+    return {b: cmap(i / max(1, len(sizes) - 1) * 0.9) for i, b in enumerate(sizes)}
+
+
+def _group_title(g: GroupSummary) -> str:
+    return f"{g.optimizer}, {g.reduction} reduction ({g.rule} rule, k={g.k:g})"
+
+
+def _u_curves(groups, by_group, x_of, xlabel, title):
+    fig, axes = _panels(len(groups), title)
+    for ax, g in zip(axes, groups):
+        members = by_group[(g.optimizer, g.reduction)]
+        colors = _colors({t.batch_size for t in members if t.usable})
+        for bs in sorted(colors):
+            # the trials the analysis compares at this batch size: full budget where any is
+            trials = sorted(candidates([t for t in members if t.batch_size == bs]), key=x_of)
+            xs, ys = [x_of(t) for t in trials], [t.val_loss for t in trials]
+            ax.plot(xs, ys, "-", color=colors[bs], lw=1.3, label=f"B={bs}")
+            full = [t for t in trials if not t.stopped_early]
+            short = [t for t in trials if t.stopped_early]
+            ax.plot([x_of(t) for t in full], [t.val_loss for t in full], "o", color=colors[bs], ms=4)
+            ax.plot([x_of(t) for t in short], [t.val_loss for t in short], "o", mfc="white", color=colors[bs], ms=4)
+        _log_axes(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(LOSS_LABEL)
+        ax.set_title(_group_title(g) + ("\nhollow: stopped early by ASHA" if any(
+            t.stopped_early for t in members if t.usable) else ""), fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+        if colors:
+            ax.legend(fontsize=8, title="batch size", title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _lr_star(groups, title):
+    fig, axes = _panels(len(groups), title)
+    for ax, g in zip(axes, groups):
+        if not g.optima:
+            ax.text(0.5, 0.5, "no batch size with two or more LRs", ha="center", transform=ax.transAxes)
+            ax.set_title(_group_title(g), fontsize=10)
+            continue
+        above = set(g.above_range)
+        bs = np.array([o.batch_size for o in g.optima], dtype=float)
+        lr = np.array([o.lr for o in g.optima])
+        err = np.array([[o.lr - o.lo for o in g.optima], [o.hi - o.lr for o in g.optima]])
+        inside = np.array([o.batch_size not in above for o in g.optima])
+        ax.errorbar(bs[inside], lr[inside], yerr=err[:, inside], fmt="o", color="C0", capsize=3,
+                    label="lr*(B), 90% interval")
+        if (~inside).any():
+            ax.errorbar(bs[~inside], lr[~inside], yerr=err[:, ~inside], fmt="o", mfc="white", color="C0",
+                        capsize=3, label="above the valid range")
+        grid = np.geomspace(bs.min() / 1.3, bs.max() * 1.3, 50)
+        if g.law is not None:
+            law = g.law
+            ax.plot(grid, law.c * grid**law.k, "-", color="C1",
+                    label=f"fit: k = {law.k:.2f} [{law.k_lo:.2f}, {law.k_hi:.2f}]")
+        anchor_b, anchor_lr = (g.best.batch_size, g.best.lr) if g.best else (bs[0], lr[0])
+        ax.plot(grid, anchor_lr * (grid / anchor_b) ** g.k, "--", color="C2", label=f"rule: k = {g.k:g}")
+        if g.b_simple:
+            ax.axvline(g.b_simple, color="C3", ls=":", label=f"B_simple = {g.b_simple:.0f}")
+        _log_axes(ax, xbase=2)
+        ax.set_xlabel("batch size B (samples)")
+        ax.set_ylabel("optimal learning rate lr*(B)")
+        ax.set_title(_group_title(g) + f"\n{g.verdict}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _learning_curves(groups, histories, title):
+    fig, axes = _panels(len(groups), title)
+    for ax, g in zip(axes, groups):
+        colors = _colors([b.batch_size for b in g.per_batch])
+        for b in g.per_batch:
+            curve = histories.get((g.optimizer, g.reduction, b.batch_size))
+            if curve:
+                steps, values = zip(*curve)
+                ax.plot(steps, values, "-", color=colors[b.batch_size], lw=1.4,
+                        label=f"B={b.batch_size}, lr={b.lr:.2g}")
+        _log_y(ax)
+        ax.set_xlabel("training samples seen")
+        ax.set_ylabel(LOSS_LABEL)
+        ax.set_title(_group_title(g) + ": best trial per batch size", fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+        if g.per_batch:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(
+    sweep: str,
+    records: Sequence[TrialRecord],
+    groups: Sequence[GroupSummary],
+    histories: Mapping[tuple, Sequence[tuple[float, float]]],
+    out_dir: Path,
+) -> list[Path]:
+    """Write the four PNGs as ``<out_dir>/<sweep>-<plot>.png``; returns their paths."""
+    by_group: dict[tuple, list[TrialRecord]] = {}
+    for r in records:
+        by_group.setdefault((r.optimizer, r.reduction), []).append(r)
+    groups = [g for g in groups if by_group.get((g.optimizer, g.reduction))]
+    figures = {
+        "u_curves": _u_curves(groups, by_group, lambda t: t.lr, "learning rate (optimizer lr)",
+                              f"{sweep}: validation loss vs learning rate"),
+        "collapse": _u_curves(groups, by_group, lambda t: t.lr_per_sample, "LR per sample c = lr / B**k",
+                              f"{sweep}: validation loss vs LR per sample (curves collapse when the rule holds)"),
+        "lr_star": _lr_star(groups, f"{sweep}: optimal learning rate vs batch size"),
+        "learning_curves": _learning_curves(groups, histories, f"{sweep}: learning curves"),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in PLOTS:
+        path = out_dir / f"{sweep}-{name}.png"
+        figures[name].savefig(path, dpi=110)
+        plt.close(figures[name])
+        paths.append(path)
+    return paths

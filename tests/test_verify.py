@@ -1,0 +1,32 @@
+"""make verify: the equivalence table passes, and fails when a rule is broken."""
+
+import pytest
+
+from search_spaces import scaling
+from services import cli
+from services.verify import verify
+
+
+def test_all_rows_pass_with_the_rules_as_shipped():
+    rows = verify(batch_size=24, steps=6)
+    assert len(rows) == 8 and all(r.passed for r in rows)
+    assert all(r.max_rel_diff <= 1e-9 for r in rows if r.expect_equal)
+    assert all(r.max_rel_diff > 1e-3 for r in rows if not r.expect_equal)
+
+
+def test_a_broken_rule_fails_the_check(monkeypatch):
+    # Treat Adam like SGD under sum (lr / B, eps not rescaled): the Adam rows must fail.
+    monkeypatch.setattr(scaling, "ADAPTIVE", frozenset())
+    rows = {r.name: r for r in verify(batch_size=24, steps=6)}
+    failed = [name for name, r in rows.items() if not r.passed]
+    assert any(name.startswith("Adam ") for name in failed)
+    assert any(name.startswith("AdamW") for name in failed)
+    assert not any(name.startswith("SGD ") for name in failed)
+
+
+def test_cli_exit_status_follows_the_table(monkeypatch, capsys):
+    assert cli.main(["verify", "--steps", "4"]) == 0
+    assert "8 passed, 0 failed" in capsys.readouterr().out
+    monkeypatch.setattr(scaling, "lr_exponent", lambda optimizer, reduction, rule: scaling.RULE_EXPONENT[rule])
+    assert cli.main(["verify", "--steps", "4"]) == 1
+    assert "FAIL" in capsys.readouterr().out

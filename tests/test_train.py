@@ -74,9 +74,11 @@ def test_loss_is_reported_per_sample_whatever_the_reduction(workload):
 def test_run_trial_reports_contract_metrics_at_sample_counts(workload):
     reports = []
     hp = derive(batch_size=64, reduction="sum", optimizer="sgd", lr_per_sample=1e-3)
-    run_trial(workload, hp, Budget(total_samples=3 * workload.n_train, interval_samples=workload.n_train), reports.append)
+    budget = Budget(total_samples=3 * workload.n_train, interval_samples=workload.n_train, noise_batches=(32, 256))
+    run_trial(workload, hp, budget, reports.append)
     assert len(reports) == 3
     assert set(m.REPORTED) <= set(reports[0])
+    assert all(r[m.B_SIMPLE] > 0 for r in reports)
     assert [r[m.UPDATES] for r in reports] == [22, 44, 68]  # round(1437/64)=22 steps per report, ceil(4311/64)=68
     assert all(r[m.SAMPLES_SEEN] == r[m.UPDATES] * 64 for r in reports)
     assert reports[-1][m.VAL_LOSS] < reports[0][m.VAL_LOSS]

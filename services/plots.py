@@ -17,7 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 from services.analysis import GroupSummary, TrialRecord, candidates  # noqa: E402
@@ -41,8 +41,12 @@ def _log_y(ax) -> None:
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
     if hi / lo < 30:
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        def label(value, _pos):  # 1, 2, 3 and 5 times a power of ten: enough, never crowded
+            lead = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
+            return f"{value:.2g}" if lead in (1, 2, 3, 5) else ""
+
+        ax.yaxis.set_minor_formatter(FuncFormatter(label))
+        ax.yaxis.set_major_formatter(FuncFormatter(label))
         ax.tick_params(axis="y", which="minor", labelsize=8)
     else:
         ax.yaxis.set_minor_formatter(NullFormatter())

@@ -35,6 +35,8 @@ class TrialRecord:
     stopped_early: bool = False
     b_simple: Optional[float] = None
     """Last gradient noise scale the trial measured."""
+    error: Optional[str] = None
+    """Last line of a failed trial's error."""
 
     @property
     def usable(self) -> bool:
@@ -150,4 +152,15 @@ def format_table(groups: list[GroupSummary]) -> str:
             f"{g.optimizer:<9} {g.reduction:<9} {g.rule:<6} {b.lr_per_sample:>11.3e} {g.k:>4g} {b.batch_size:>6} "
             f"{b.lr:>9.3e} {b.val_loss:>9.4f} {acc:>7}  {trials}"
         )
+    return "\n".join(lines)
+
+
+def format_outcomes(records: list[TrialRecord]) -> str:
+    """One line of counts, then one line per failed trial with its error."""
+    c = _counts(records)
+    lines = [f"{c['total']} trials: {c['completed']} completed, {c['stopped_early']} stopped early by ASHA, "
+             f"{c['diverged']} diverged, {c['failed']} failed" + (f", {c['killed']} killed" if c["killed"] else "")]
+    for r in records:
+        if r.status == "FAILED":
+            lines.append(f"  failed {r.trial_id} ({r.optimizer}, {r.reduction}, B={r.batch_size}): {r.error}")
     return "\n".join(lines)

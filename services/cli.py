@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from services import paths
-from services.spec import SpecError, load_spec
+from services.errors import ENVIRONMENT_ERRORS, USAGE_ERRORS, SpecError
+from services.spec import load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -37,19 +38,35 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
+def _summary(outcome, args) -> int:
+    from services import export, tracking
+    from services.analysis import format_outcomes, format_table, summarize
+
+    client = tracking.client_for(outcome.tracking_uri)
+    records = export.load_records(client, client.get_run(outcome.parent_run_id))
+    print()
+    print(format_table(summarize(records)))
+    print(format_outcomes(records))
+    print(f"\nMLflow parent run {outcome.parent_run_id}; export the constants with: make export SWEEP={args.spec}")
+    return EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK
+
+
 def cmd_sweep(args) -> int:
     spec = _load_checked(args.spec)
-    from services import export, runner, tracking
-    from services.analysis import format_table, summarize
+    from services import runner
 
     uri = args.tracking_uri or paths.tracking_uri()
     outcome = runner.run_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
-    client = tracking.client_for(uri)
-    parent = client.get_run(outcome.parent_run_id)
-    print()
-    print(format_table(summarize(export.load_records(client, parent))))
-    print(f"\nMLflow parent run {outcome.parent_run_id}; export the constants with: make export SWEEP={args.spec}")
-    return EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK
+    return _summary(outcome, args)
+
+
+def cmd_resume(args) -> int:
+    spec = _load_checked(args.spec)
+    from services import runner
+
+    uri = args.tracking_uri or paths.tracking_uri()
+    outcome = runner.resume_sweep(spec, tracking_uri=uri, ray_address=args.ray_address)
+    return _summary(outcome, args)
 
 
 def cmd_export(args) -> int:
@@ -126,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any trial failed")
     p.set_defaults(func=cmd_sweep)
 
+    p = with_store(sub.add_parser("resume", help="continue a sweep whose driver died",
+                                  description="Continue the newest submission of a sweep with Tuner.restore: "
+                                              "finished trials are kept, unfinished ones continue."))
+    p.add_argument("spec", help="the sweep's spec")
+    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any trial failed")
+    p.set_defaults(func=cmd_resume)
+
     p = with_store(sub.add_parser("export", help="export the tuned LR-per-sample constants",
                                   description="Read a sweep back from MLflow and write exports/<sweep>.json and .yaml."))
     p.add_argument("spec", help="the sweep's spec (its name picks the MLflow experiment)")
@@ -159,15 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from services.export import ExportError
-    from services.tracking import TrackingError
-
     try:
         return args.func(args)
-    except (SpecError, ExportError) as err:
+    except USAGE_ERRORS as err:
         print(f"samplewise: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except TrackingError as err:
+    except ENVIRONMENT_ERRORS as err:
         print(f"samplewise: error: {err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

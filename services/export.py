@@ -21,17 +21,14 @@ from search_spaces.scaling import ADAPTIVE, lr_for
 from services import metrics as m
 from services.analysis import GroupSummary, TrialRecord, summarize
 from services.fit import CI
-from services.tracking import PARENT_TAG, TrackingError, client_for
+from services.errors import ExportError, TrackingError
+from services.tracking import PARENT_TAG, client_for
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 EXPORT_VERSION = 1
-
-
-class ExportError(ValueError):
-    """Nothing to export, or an export file that cannot be used; one line for the user."""
 
 
 def find_parent_run(client: "MlflowClient", sweep: str, parent_run_id: Optional[str] = None) -> "Run":
@@ -74,6 +71,7 @@ def _record(run: "Run") -> TrialRecord:
         diverged=tags.get(m.TAG_DIVERGED) == "true" or bool(mt.get(m.DIVERGED)),
         stopped_early=tags.get(m.TAG_STOPPED_EARLY) == "true",
         b_simple=mt.get(m.B_SIMPLE),
+        error=tags.get(m.TAG_ERROR),
     )
 
 

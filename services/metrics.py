@@ -23,6 +23,9 @@ SAMPLES_PER_S = "perf/samples_per_s"
 B_SIMPLE = "noise/b_simple"
 """EMA-smoothed gradient noise scale tr(Sigma)/|G|^2 (McCandlish et al. 2018), in samples."""
 
+NODE_ID = "node_id"
+"""The Ray node a trial ran on (reported with each result; a tag in MLflow, not a metric)."""
+
 OBJECTIVE = VAL_LOSS
 MODE = "min"
 
@@ -55,3 +58,5 @@ TAG_STOPPED_EARLY = "samplewise.stopped_early"
 TAG_ERROR = "samplewise.error"
 TAG_SPEC_PATH = "samplewise.spec"
 TAG_BUDGET_SAMPLES = "samplewise.budget_samples"
+TAG_NODE_ID = "samplewise.node_id"
+TAG_RAY_RUN = "samplewise.ray_run"

@@ -40,6 +40,15 @@ class NoiseScale:
     _tr: Optional[float] = field(default=None, init=False)
     _gen: Optional[torch.Generator] = field(default=None, init=False)
 
+    def state_dict(self) -> dict:
+        return {"g2": self._g2, "tr": self._tr, "gen": self._gen.get_state() if self._gen is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._g2, self._tr = state["g2"], state["tr"]
+        if state["gen"] is not None:
+            self._gen = torch.Generator()
+            self._gen.set_state(state["gen"])
+
     def measure(self, model: torch.nn.Module, workload: Workload) -> Optional[float]:
         """One measurement; returns the EMA-smoothed B_simple, or None while not positive."""
         n = workload.n_train

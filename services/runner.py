@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces.tied import grid_points, tied_space
 from services import metrics as m
 from services import paths, tracking, workloads
+from services.errors import ResumeError
 from services.schedulers import GroupedASHA
 from services.spec import SweepSpec
 from services.train import tune_trainable
@@ -84,8 +86,9 @@ class ProgressPrinter(tune.Callback):
     def __getstate__(self):  # Tune pickles its callbacks with the experiment; streams do not pickle
         return {**self.__dict__, "stream": None}
 
-    def _line(self, trial, outcome: str) -> None:
-        self.done += 1
+    def _line(self, trials, trial, outcome: str) -> None:
+        # counted from Tune's own trial states, so a resumed sweep counts on from where it was
+        self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial) + 1
         c, r = trial.config, trial.last_result or {}
         loss, acc = r.get(m.VAL_LOSS), r.get(m.VAL_ACCURACY)
         metrics_text = f"val {loss:.4f}  acc {acc:.3f}" if loss is not None else ""
@@ -105,10 +108,10 @@ class ProgressPrinter(tune.Callback):
             outcome = f"stopped by ASHA at {r.get(m.SAMPLES_SEEN, 0)} samples"
         else:
             outcome = f"done ({r.get(m.SAMPLES_SEEN, 0)} samples)"
-        self._line(trial, outcome)
+        self._line(trials, trial, outcome)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, f"FAILED: {tracking.error_summary(trial)}")
+        self._line(trials, trial, f"FAILED: {tracking.error_summary(trial)}")
 
 
 def init_ray(address: str | None) -> bool:
@@ -124,6 +127,31 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+def _snapshot_period(spec: SweepSpec) -> None:
+    # read by Tune when the tuner starts; a value the user exported wins
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", f"{spec.failures.snapshot_every_s:g}")
+
+
+def make_trainable(spec: SweepSpec):
+    """The Tune trainable of ``spec``: the same for a new sweep and a resumed one."""
+    return tune.with_resources(tune.with_parameters(tune_trainable, spec=spec), trial_resources(spec))
+
+
+def _fit(tuner: tune.Tuner, client, parent: str, tracker=None):
+    """Run the tuner; mark the parent run FINISHED, or KILLED if the driver is interrupted."""
+    try:
+        results = tuner.fit()
+    except BaseException:
+        if tracker is not None:
+            tracker.close("KILLED")
+        client.set_terminated(parent, status="KILLED")
+        raise
+    if tracker is not None:
+        tracker.close("KILLED")
+    client.set_terminated(parent, status="FINISHED")
+    return results
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -136,6 +164,7 @@ def run_sweep(
     """Run every trial of ``spec`` and track it in MLflow; returns where the results are."""
     stream = stream or sys.stdout
     uri = tracking_uri or paths.tracking_uri()
+    tracking.check_store(uri)
     client = tracking.client_for(uri)
     experiment_id = tracking.ensure_experiment(client, spec.name, paths.artifact_location(uri, spec.name))
     n_train = workloads.load(spec.workload).n_train
@@ -144,19 +173,20 @@ def run_sweep(
     started = init_ray(ray_address if ray_address is not None else paths.ray_address())
     try:
         parent = tracking.start_parent_run(client, experiment_id, spec, spec_path)
-        client.set_tag(parent, m.TAG_BUDGET_SAMPLES, str(budget_samples))
-        tracker = tracking.MlflowTracker(uri, experiment_id, parent, spec, budget_samples)
         run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         storage = storage_path or paths.storage_path()
-        client.set_tag(parent, "samplewise.ray_run", f"{storage}/{run_name}")
+        client.set_tag(parent, m.TAG_BUDGET_SAMPLES, str(budget_samples))
+        client.set_tag(parent, m.TAG_RAY_RUN, f"{storage}/{run_name}")
+        tracker = tracking.MlflowTracker(uri, experiment_id, parent, spec, budget_samples)
         stream.write(
             f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.name}, "
             f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}; "
             f"MLflow {uri} (parent run {parent})\n"
         )
         stream.flush()
+        _snapshot_period(spec)
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(tune_trainable, spec=spec), trial_resources(spec)),
+            make_trainable(spec),
             tune_config=tune.TuneConfig(
                 metric=m.OBJECTIVE,
                 mode=m.MODE,
@@ -170,18 +200,54 @@ def run_sweep(
                 name=run_name,
                 storage_path=storage,
                 callbacks=[tracker, ProgressPrinter(spec.num_trials, budget_samples, stream)],
+                failure_config=tune.FailureConfig(max_failures=spec.failures.max_retries),
                 verbose=0,
             ),
         )
-        try:
-            results = tuner.fit()
-        except BaseException:
-            tracker.close("KILLED")
-            client.set_terminated(parent, status="KILLED")
-            raise
-        tracker.close("KILLED")
-        client.set_terminated(parent, status="FINISHED")
+        results = _fit(tuner, client, parent, tracker)
         return SweepOutcome(parent, experiment_id, uri, f"{storage}/{run_name}", results.num_errors)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def resume_sweep(
+    spec: SweepSpec,
+    *,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+    stream: IO[str] | None = None,
+) -> SweepOutcome:
+    """Continue the newest submission of ``spec`` whose driver died, with ``Tuner.restore``.
+
+    Finished trials are kept, unfinished ones continue from their last checkpoint, and the
+    searcher goes on to the spec's trial count. The same MLflow parent run is reused and each
+    trial keeps its one child run (the tracker adopts the runs the dead driver created).
+    """
+    from services.export import ExportError, find_parent_run
+
+    stream = stream or sys.stdout
+    uri = tracking_uri or paths.tracking_uri()
+    tracking.check_store(uri)
+    client = tracking.client_for(uri)
+    try:
+        parent = find_parent_run(client, spec.name)
+    except ExportError as err:
+        raise ResumeError(str(err).replace("run the sweep first", "nothing to resume")) from None
+    path = parent.data.tags.get(m.TAG_RAY_RUN)
+    if parent.info.status == "FINISHED":
+        raise ResumeError(f"sweep {spec.name!r}: its newest submission ({parent.info.run_id}) finished; nothing to resume")
+    if not path or not tune.Tuner.can_restore(path):
+        raise ResumeError(f"sweep {spec.name!r}: no Ray Tune state to restore at {path}")
+    started = init_ray(ray_address if ray_address is not None else paths.ray_address())
+    try:
+        stream.write(f"resuming sweep {spec.name} from {path} (MLflow parent run {parent.info.run_id})\n")
+        stream.flush()
+        client.update_run(parent.info.run_id, status="RUNNING")
+        _snapshot_period(spec)
+        tuner = tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True)
+        results = _fit(tuner, client, parent.info.run_id)
+        return SweepOutcome(parent.info.run_id, parent.info.experiment_id, uri, path, results.num_errors)
     finally:
         if started:
             ray.shutdown()

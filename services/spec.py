@@ -15,15 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from search_spaces.scaling import DEFAULT_RULE
+from services.errors import SpecError
 from search_spaces.tied import grid_size
 
 Optimizer = Literal["sgd", "momentum", "adam", "adamw"]
 Reduction = Literal["mean", "sum"]
 Rule = Literal["linear", "sqrt", "none"]
-
-
-class SpecError(ValueError):
-    """A sweep spec that cannot be run; ``str(err)`` is one line for the user."""
 
 
 class _Frozen(BaseModel):
@@ -143,6 +140,18 @@ class NoiseSpec(_Frozen):
         return self
 
 
+class FailureSpec(_Frozen):
+    max_retries: int = Field(default=1, ge=0)
+    """Times a trial that raised is retried (from its last checkpoint) before it is FAILED."""
+    checkpoint_every_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    """A trial checkpoints at a report once this long has passed since its last checkpoint
+    (0: every report). Shorter trials rerun from the start after a crash: seeded, so on CPU
+    they reproduce the losses already logged."""
+    snapshot_every_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    """How often Tune saves the experiment state that ``make resume`` restores: trials that
+    finished since the last snapshot are run again after a crash."""
+
+
 class ResourcesSpec(_Frozen):
     cpus_per_trial: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     gpus_per_trial: float = Field(default=0.25, ge=0, le=1, allow_inf_nan=False)
@@ -159,6 +168,7 @@ class SweepSpec(_Frozen):
     budget: BudgetSpec
     asha: AshaSpec = AshaSpec()
     noise: NoiseSpec = NoiseSpec()
+    failures: FailureSpec = FailureSpec()
     resources: ResourcesSpec = ResourcesSpec()
 
     @model_validator(mode="after")

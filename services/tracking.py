@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from ray import tune
 
 from services import metrics as m
+from services.errors import TrackingError
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -25,14 +26,27 @@ if TYPE_CHECKING:
 PARENT_TAG = "mlflow.parentRunId"
 
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message names the URI."""
-
-
 def client_for(tracking_uri: str) -> "MlflowClient":
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def check_store(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as err:
+        reason = str(getattr(err, "reason", err))
+    raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); nothing was started")
 
 
 def ensure_experiment(client: "MlflowClient", name: str, artifact_location: str | None = None) -> str:
@@ -99,11 +113,45 @@ class MlflowTracker(tune.Callback):
         self.sweep = spec.name
         self.workload = spec.workload.name
         self._client: "MlflowClient | None" = None
-        self._runs: dict[str, str] = {}  # trial id -> run id
-        self._open: set[str] = set()
+        self._reset()
 
-    def __getstate__(self):  # Tune pickles callbacks; the client reconnects on first use
-        return {**self.__dict__, "_client": None}
+    def _reset(self) -> None:
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._open: set[str] = set()  # runs this tracker must still end
+        self._last_step: dict[str, int] = {}  # run id -> last samples_seen logged
+        self._node_tagged: set[str] = set()
+        self._loaded = False
+
+    def __getstate__(self):
+        return dict(self.__dict__, _client=None)
+
+    def __setstate__(self, state):
+        # Tune pickles its callbacks into the experiment; a restored tracker reconnects and
+        # reads the runs back from MLflow, the one record of what was already logged.
+        self.__dict__.update(state)
+        self._reset()
+
+    def _load_existing(self) -> None:
+        """Adopt the child runs a previous driver of this sweep created (resume after a crash)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                max_results=1000, page_token=token,
+            )
+            for run in page:
+                trial_id = run.data.tags.get(m.TAG_TRIAL_ID)
+                if trial_id:
+                    self._runs[trial_id] = run.info.run_id
+                    self._last_step[run.info.run_id] = int(run.data.metrics.get(m.SAMPLES_SEEN, -1))
+                    if run.info.status == "RUNNING":  # cut off by the crash: continue it or end it
+                        self._open.add(run.info.run_id)
+            token = page.token
+            if not token:
+                return
 
     @property
     def client(self) -> "MlflowClient":
@@ -117,6 +165,7 @@ class MlflowTracker(tune.Callback):
     def _start(self, trial) -> str:
         from mlflow.entities import Param
 
+        self._load_existing()
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         config = dict(trial.config, workload=self.workload)
@@ -145,11 +194,17 @@ class MlflowTracker(tune.Callback):
 
         run_id = self._start(trial)
         step = int(result[m.SAMPLES_SEEN])
+        if step <= self._last_step.get(run_id, -1):
+            return  # logged before a resume rewound this trial to an older checkpoint
+        self._last_step[run_id] = step
         now = int(time.time() * 1000)
         batch = [Metric(key, float(result[key]), now, step) for key in m.REPORTED if key in result]
         self.client.log_batch(run_id, metrics=batch)
         if result.get(m.DIVERGED):
             self.client.set_tag(run_id, m.TAG_DIVERGED, "true")
+        if m.NODE_ID in result and run_id not in self._node_tagged:
+            self.client.set_tag(run_id, m.TAG_NODE_ID, str(result[m.NODE_ID]))
+            self._node_tagged.add(run_id)
 
     def _end(self, trial, status: str, tags: dict[str, str]) -> None:
         run_id = self._start(trial)
@@ -173,6 +228,7 @@ class MlflowTracker(tune.Callback):
 
     def close(self, status: str = "KILLED") -> None:
         """Mark every trial run still open (the sweep stopped under it) with ``status``."""
+        self._load_existing()
         for run_id in list(self._open):
             self.client.set_terminated(run_id, status=status)
             self._open.discard(run_id)

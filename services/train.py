@@ -9,6 +9,8 @@ reporting interval, never per step.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -20,6 +22,8 @@ from search_spaces.scaling import TrialHParams
 from services import metrics as m
 from services.noise import NoiseScale
 from services.workloads import Workload
+
+STATE_FILE = "trial_state.pt"
 
 
 def make_optimizer(model: nn.Module, hp: TrialHParams) -> torch.optim.Optimizer:
@@ -89,9 +93,15 @@ def run_trial(
     workload: Workload,
     hp: TrialHParams,
     budget: Budget,
-    report: Callable[[dict], None],
+    report: Callable[[dict, dict], None],
+    resume: Optional[dict] = None,
 ) -> dict:
-    """Train one trial, calling ``report(metrics)`` each interval; returns the last metrics.
+    """Train one trial, calling ``report(metrics, state)`` each interval; returns the last metrics.
+
+    ``state`` is everything needed to continue after that report (model, optimizer, data
+    order, noise-scale EMA); passing it back as ``resume`` continues the trial exactly where
+    it reported, so a resumed trial logs no sample count twice. It holds live tensors:
+    serialize or copy it before ``report`` returns.
 
     A trial whose loss turns NaN/inf or exceeds ``divergence_factor`` times its initial
     validation loss stops at that report with ``diverged = 1`` and a finite objective (the
@@ -108,15 +118,24 @@ def run_trial(
     total_steps = max(1, math.ceil(budget.total_samples / bs))
     steps_per_report = max(1, round(budget.interval_samples / bs))
     noise = NoiseScale(*budget.noise_batches, seed=hp.seed) if budget.noise_batches else None
-    initial_loss, _ = evaluate(model, workload)
+    perm = torch.empty(0, dtype=torch.long, device=device)
+    pos, start = n, 1  # pos = n forces a fresh permutation on the first step
+    if resume is None:
+        initial_loss, _ = evaluate(model, workload)
+    else:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        order.set_state(resume["order"])
+        perm, pos, start = resume["perm"].to(device), resume["pos"], resume["step"] + 1
+        initial_loss = resume["initial_loss"]
+        if noise is not None and resume.get("noise"):
+            noise.load_state_dict(resume["noise"])
     threshold = budget.divergence_factor * max(initial_loss, 1e-12)
 
-    perm = torch.empty(0, dtype=torch.long, device=device)
-    pos = n  # forces a fresh permutation on the first step
     running = torch.zeros((), device=device)
     interval_start, interval_samples = time.perf_counter(), 0
     last: dict = {}
-    for step in range(1, total_steps + 1):
+    for step in range(start, total_steps + 1):
         if pos + bs > n:
             perm = torch.randperm(n, generator=order).to(device)
             pos = 0
@@ -144,7 +163,12 @@ def run_trial(
         b_simple = noise.measure(model, workload) if noise and not diverged else None
         if b_simple is not None:
             last[m.B_SIMPLE] = b_simple
-        report(last)
+        state = {
+            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "order": order.get_state(), "perm": perm.cpu(), "pos": pos, "initial_loss": initial_loss,
+            "noise": noise.state_dict() if noise else None,
+        }
+        report(last, state)
         if diverged:
             break
         running.zero_()
@@ -154,6 +178,7 @@ def run_trial(
 
 def tune_trainable(config: dict, spec) -> None:
     """The Ray Tune function trainable: one trial of ``spec`` with hyperparameters ``config``."""
+    import ray
     from ray import tune
 
     from services import workloads
@@ -169,4 +194,24 @@ def tune_trainable(config: dict, spec) -> None:
         divergence_factor=spec.budget.divergence_factor,
         noise_batches=(spec.noise.small_batch, spec.noise.large_batch) if spec.noise.enabled else None,
     )
-    run_trial(workload, TrialHParams.from_config(config), budget, tune.report)
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            resume = torch.load(os.path.join(path, STATE_FILE), map_location=device, weights_only=False)
+
+    def report(metrics: dict, state: dict) -> None:
+        # a resumed or retried trial continues from its last checkpoint
+        nonlocal last_checkpoint
+        metrics = {**metrics, m.NODE_ID: node_id}
+        if time.monotonic() - last_checkpoint < spec.failures.checkpoint_every_s:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as path:
+            torch.save(state, os.path.join(path, STATE_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
+        last_checkpoint = time.monotonic()
+
+    node_id = ray.get_runtime_context().get_node_id()
+    last_checkpoint = time.monotonic()
+    run_trial(workload, TrialHParams.from_config(config), budget, report, resume)

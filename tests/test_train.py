@@ -75,7 +75,7 @@ def test_run_trial_reports_contract_metrics_at_sample_counts(workload):
     reports = []
     hp = derive(batch_size=64, reduction="sum", optimizer="sgd", lr_per_sample=1e-3)
     budget = Budget(total_samples=3 * workload.n_train, interval_samples=workload.n_train, noise_batches=(32, 256))
-    run_trial(workload, hp, budget, reports.append)
+    run_trial(workload, hp, budget, lambda r, s: reports.append(r))
     assert len(reports) == 3
     assert set(m.REPORTED) <= set(reports[0])
     assert all(r[m.B_SIMPLE] > 0 for r in reports)
@@ -88,7 +88,7 @@ def test_run_trial_reports_contract_metrics_at_sample_counts(workload):
 def test_diverging_trial_stops_early_with_a_finite_objective(workload):
     reports = []
     hp = derive(batch_size=16, reduction="mean", optimizer="sgd", lr_per_sample=50.0)
-    run_trial(workload, hp, Budget(total_samples=10 * workload.n_train, interval_samples=workload.n_train), reports.append)
+    run_trial(workload, hp, Budget(total_samples=10 * workload.n_train, interval_samples=workload.n_train), lambda r, s: reports.append(r))
     assert reports[-1][m.DIVERGED] == 1.0
     assert len(reports) < 10
     assert math.isfinite(reports[-1][m.VAL_LOSS]) and math.isfinite(reports[-1][m.TRAIN_LOSS])
@@ -98,6 +98,18 @@ def test_same_seed_same_losses_on_cpu(workload):
     hp = derive(batch_size=32, reduction="mean", optimizer="adam", lr_per_sample=2e-4, seed=3)
     budget = Budget(total_samples=workload.n_train, interval_samples=workload.n_train // 2)
     a, b = [], []
-    run_trial(workload, hp, budget, a.append)
-    run_trial(workload, hp, budget, b.append)
+    run_trial(workload, hp, budget, lambda r, s: a.append(r))
+    run_trial(workload, hp, budget, lambda r, s: b.append(r))
     assert [r[m.VAL_LOSS] for r in a] == [r[m.VAL_LOSS] for r in b]
+
+
+def test_resuming_from_a_report_state_continues_exactly(workload):
+    hp = derive(batch_size=32, reduction="mean", optimizer="momentum", lr_per_sample=1e-3, seed=5)
+    budget = Budget(total_samples=3 * workload.n_train, interval_samples=workload.n_train, noise_batches=(32, 256))
+    straight, states = [], []
+    run_trial(workload, hp, budget, lambda r, s: (straight.append(r), states.append(copy.deepcopy(s))))
+    resumed = []
+    run_trial(workload, hp, budget, lambda r, s: resumed.append(r), resume=states[0])
+    assert [r[m.SAMPLES_SEEN] for r in resumed] == [r[m.SAMPLES_SEEN] for r in straight[1:]]
+    assert [r[m.VAL_LOSS] for r in resumed] == [r[m.VAL_LOSS] for r in straight[1:]]
+    assert [r[m.B_SIMPLE] for r in resumed] == [r[m.B_SIMPLE] for r in straight[1:]]

@@ -8,7 +8,7 @@ SWEEP  ?= sweeps/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test validate export verify ui clean
+.PHONY: install sweep test validate export verify ui up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,21 @@ verify: install  ## check the sum/mean equivalences the scaling rules rely on
 
 ui: install  ## MLflow UI on the local store, bound to 127.0.0.1
 	$(BIN)/samplewise ui
+
+up: install  ## start a local MLflow server and Ray head (127.0.0.1) in the background
+	$(BIN)/samplewise up $(if $(HOST),--host $(HOST)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(RAY_PORT),--ray-port $(RAY_PORT))
+
+down: install  ## stop exactly what make up started
+	$(BIN)/samplewise down
+
+status: install  ## show local services and sweeps in progress
+	$(BIN)/samplewise status
+
+logs: install  ## follow a detached sweep: make logs SWEEP=sweeps/x.yaml
+	$(BIN)/samplewise logs $(SWEEP)
+
+resume: install  ## continue a sweep whose driver died: make resume SWEEP=sweeps/x.yaml
+	$(BIN)/samplewise resume $(SWEEP)
 
 clean:  ## remove local results (MLflow store, Ray results, exports); keeps .venv
 	rm -rf mlflow.db mlartifacts .samplewise exports

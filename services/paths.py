@@ -1,7 +1,9 @@
 """Where samplewise keeps things on the embedded defaults, each overridable by environment.
 
-- ``MLFLOW_TRACKING_URI``: tracking store (default ``sqlite:///<project>/mlflow.db``).
-- ``RAY_ADDRESS``: a running Ray cluster (default: start a local one with ``ray.init``).
+- ``MLFLOW_TRACKING_URI``: tracking store (default: the server ``make up`` started, else
+  ``sqlite:///<project>/mlflow.db``).
+- ``RAY_ADDRESS``: a running Ray cluster (default: the head ``make up`` started, else start a
+  local one with ``ray.init``).
 - ``SAMPLEWISE_STORAGE``: Ray Tune ``storage_path`` (default ``<project>/.samplewise/ray_results``);
   on a multi-node cluster this must be shared storage (e.g. ``s3://bucket/path``).
 """
@@ -20,12 +22,26 @@ def state_dir() -> Path:
     return project_dir() / ".samplewise"
 
 
+def _local_service(name: str) -> dict | None:
+    from services import local  # the services started by `make up`, if they run
+
+    return local.running().get(name)
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}"
+    """$MLFLOW_TRACKING_URI, else the server `make up` started, else the local SQLite file."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    server = _local_service("mlflow")
+    return server["url"] if server else f"sqlite:///{project_dir() / 'mlflow.db'}"
 
 
 def ray_address() -> str | None:
-    return os.environ.get("RAY_ADDRESS") or None
+    """$RAY_ADDRESS, else the Ray head `make up` started, else None (start a local Ray)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    head = _local_service("ray")
+    return head["address"] if head else None
 
 
 def storage_path() -> str:

@@ -118,6 +118,11 @@ def init_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray; returns whether this call started it."""
     if ray.is_initialized():
         return False
+    from services import local
+
+    head = local.running().get("ray")
+    if head and address == head["address"]:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # the head `make up` started requires it
     ray.init(
         address=address,
         include_dashboard=False if address is None else None,

@@ -1,0 +1,235 @@
+"""Local services for ``make up / status / down / logs``: an MLflow tracking server and a Ray
+head node, started in the background, bound to 127.0.0.1 unless told otherwise.
+
+``up`` records what it started (pids, addresses, logs) in ``.samplewise/services.json``;
+``down`` stops exactly those processes (by process group), nothing else. While they run,
+sweeps use them (see :mod:`services.paths`) and are submitted as detached drivers whose
+output goes to ``.samplewise/logs/``, so closing the submitting terminal loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from services import paths
+from services.errors import ServiceError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _record_path() -> Path:
+    return paths.state_dir() / "services.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_record() -> dict:
+    try:
+        return json.loads(_record_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def running() -> dict:
+    """The recorded services whose processes are alive: {'mlflow': {...}, 'ray': {...}}."""
+    return {name: svc for name, svc in read_record().items() if isinstance(svc, dict) and _alive(svc["pid"])}
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait(check, what: str, pid: int, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            tail = log.read_text()[-400:].strip().splitlines()[-1:] if log.exists() else []
+            raise ServiceError(f"{what} exited while starting: {tail[0] if tail else 'see ' + str(log)}")
+        if check():
+            return
+        time.sleep(0.3)
+    raise ServiceError(f"{what} did not come up within {timeout_s:.0f} s; see {log}")
+
+
+def _spawn(cmd: list[str], log: Path, env: Optional[dict] = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)  # own group: down stops all of it
+    return proc.pid
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def bin_path(name: str) -> str:
+    """An executable of this environment (ray, mlflow), next to the running Python."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
+       num_cpus: Optional[int] = None, timeout_s: float = 90) -> dict:
+    """Start the MLflow server and the Ray head (whichever is not already running)."""
+    state = paths.state_dir()
+    current = running()
+    record = dict(current)
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if "mlflow" not in current:
+        if not _port_free(host, mlflow_port):
+            raise ServiceError(f"port {host}:{mlflow_port} is taken; choose another with MLFLOW_PORT=...")
+        server = state / "server"
+        (server / "artifacts").mkdir(parents=True, exist_ok=True)
+        log = state / "logs" / "mlflow-server.log"
+        cmd = [sys.executable, "-m", "mlflow", "server",
+               "--backend-store-uri", f"sqlite:///{server / 'mlflow.db'}",
+               "--artifacts-destination", str(server / "artifacts"),
+               "--host", host, "--port", str(mlflow_port), "--workers", "2"]
+        if host not in LOOPBACK:
+            cmd += ["--allowed-hosts", "*", "--cors-allowed-origins", "*"]
+        pid = _spawn(cmd, log)
+        url = f"http://{connect_host}:{mlflow_port}"
+        record["mlflow"] = {"pid": pid, "url": url, "host": host, "port": mlflow_port, "log": str(log),
+                            "store": str(server / "mlflow.db")}
+        _save(record)
+        _wait(lambda: _http_ok(f"{url}/health"), "the MLflow server", pid, log, timeout_s)
+    if "ray" not in current:
+        if not _port_free(host, ray_port):
+            raise ServiceError(f"port {host}:{ray_port} is taken; choose another with RAY_PORT=...")
+        log = state / "logs" / "ray-head.log"
+        cmd = [bin_path("ray"), "start", "--head", "--block", f"--node-ip-address={connect_host}",
+               f"--port={ray_port}", "--include-dashboard=false", "--disable-usage-stats"]
+        if num_cpus:
+            cmd.append(f"--num-cpus={num_cpus}")
+        # Ray 2.60 turns 127.0.0.1 into the machine's address and its servers listen on every
+        # interface; token authentication is what keeps other machines out, so require it.
+        pid = _spawn(cmd, log, env={**os.environ, "RAY_AUTH_MODE": "token"})
+        record["ray"] = {"pid": pid, "address": f"{connect_host}:{ray_port}", "host": host, "port": ray_port,
+                         "log": str(log)}
+        _save(record)
+        _wait(lambda: _tcp_open(connect_host, ray_port), "the Ray head", pid, log, timeout_s)
+    return record
+
+
+def _save(record: dict) -> None:
+    path = _record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
+def _stop_group(pid: int, timeout_s: float = 30) -> None:
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:  # reap it if it is our child (a test that called up in-process)
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if not _alive(pid):
+                return
+            time.sleep(0.2)
+
+
+def down() -> list[str]:
+    """Stop what ``up`` recorded, by process group; returns what was stopped."""
+    stopped = []
+    for name, svc in read_record().items():
+        if isinstance(svc, dict) and _alive(svc["pid"]):
+            _stop_group(svc["pid"])
+            stopped.append(f"{name} (pid {svc['pid']})")
+    _record_path().unlink(missing_ok=True)
+    return stopped
+
+
+# ---- detached sweep drivers -------------------------------------------------------------
+
+def _sweeps_dir() -> Path:
+    return paths.state_dir() / "sweeps"
+
+
+def submit_detached(command: str, spec_path: str, sweep: str, num_trials: int, services: dict) -> dict:
+    """Start ``samplewise <command> <spec> --foreground`` in its own session, against the services."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log = paths.state_dir() / "logs" / f"{sweep}-{stamp}.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": services["mlflow"]["url"], "RAY_ADDRESS": services["ray"]["address"],
+           "RAY_AUTH_MODE": "token"}
+    pid = _spawn([sys.executable, "-m", "services.cli", command, spec_path, "--foreground"], log, env)
+    record = {"pid": pid, "sweep": sweep, "num_trials": num_trials, "command": command, "spec": spec_path, "log": str(log),
+              "started": time.time(), "tracking_uri": env["MLFLOW_TRACKING_URI"]}
+    _sweeps_dir().mkdir(parents=True, exist_ok=True)
+    (_sweeps_dir() / f"{sweep}-{stamp}.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def sweeps(active_only: bool = False) -> list[dict]:
+    """Detached sweep drivers, newest first, each with ``alive``."""
+    out = []
+    for path in sorted(_sweeps_dir().glob("*.json"), reverse=True):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        record["alive"] = _alive(record["pid"])
+        if record["alive"] or not active_only:
+            out.append(record)
+    return sorted(out, key=lambda r: r["started"], reverse=True)
+
+
+def follow(log: Path, pid: int, out=sys.stdout, poll_s: float = 0.5) -> None:
+    """Print ``log`` and keep printing what is appended until process ``pid`` ends."""
+    with open(log, errors="replace") as f:
+        while True:
+            chunk = f.read()
+            if chunk:
+                out.write(chunk)
+                out.flush()
+            elif not _alive(pid):
+                out.write(f.read())
+                return
+            else:
+                time.sleep(poll_s)

@@ -158,21 +158,40 @@ def _save(record: dict) -> None:
     tmp.replace(path)
 
 
-def _stop_group(pid: int, timeout_s: float = 30) -> None:
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
+def _group_alive(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().split(")")[-1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def _stop_group(pid: int) -> None:
+    """SIGTERM the leader (``ray start --block`` then stops its own children in order), then
+    whatever is left of its group (MLflow's job consumers), then SIGKILL."""
+    steps = ((lambda: os.kill(pid, signal.SIGTERM), 15), (lambda: os.killpg(pid, signal.SIGTERM), 5),
+             (lambda: os.killpg(pid, signal.SIGKILL), 5))
+    for i, (send, wait_s) in enumerate(steps):
         try:
-            os.killpg(pid, sig)
+            send()
         except ProcessLookupError:
-            return
+            pass
+        done = (lambda: not _alive(pid)) if i == 0 else (lambda: not _group_alive(pid))
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:  # reap it if it is our child (a test that called up in-process)
+        while time.monotonic() < deadline and not done():
+            try:  # reap it if it is our own child (up and down called in one process)
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
-            if not _alive(pid):
-                return
-            time.sleep(0.2)
+            time.sleep(0.1)
+        if not _group_alive(pid):
+            return
 
 
 def down() -> list[str]:

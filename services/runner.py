@@ -124,7 +124,8 @@ def init_ray(address: str | None) -> bool:
     if head and address == head["address"]:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # the head `make up` started requires it
     ray.init(
-        address=address,
+        # "local": a fresh Ray of our own, never a cluster some `ray start` left on this machine
+        address=address or "local",
         include_dashboard=False if address is None else None,
         logging_level=logging.WARNING,
         configure_logging=True,

@@ -18,7 +18,7 @@ def ray_session():
     """One real local Ray for the whole session, always shut down."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         yield ray
     finally:

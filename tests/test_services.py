@@ -1,0 +1,128 @@
+"""make up / status / sweep / logs / down with real servers, and a two-node Ray cluster.
+
+The tests share one `up` and run in file order; the last one takes the services down.
+
+Everything binds to loopback on free ports under a temporary SAMPLEWISE_HOME; every
+process the test starts is stopped by its pid, so nothing outlives the test.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from services import metrics as m
+from tests.conftest import ROOT
+
+SPEC = {
+    "name": "twonode",
+    "workload": {"name": "digits_mlp", "params": {"hidden": 32}},
+    "searcher": {"kind": "random", "num_trials": 6, "max_concurrent": 2, "seed": 0},
+    "space": {"batch_sizes": [16, 32], "lr_per_sample": {"low": 1e-3, "high": 1e-2},
+              "reductions": ["mean"], "optimizers": ["sgd"]},
+    "budget": {"epochs": 4},
+    "asha": {"enabled": False},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args, home, timeout=300, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAMPLEWISE_HOME": str(home), **(env_extra or {})}
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "services.cli", *map(str, args)], cwd=home, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def services_up(tmp_path_factory):
+    """One `up` for the module; the last test takes it down (and the fixture makes sure)."""
+    tmp_path = tmp_path_factory.mktemp("home")
+    mlflow_port, ray_port = free_port(), free_port()
+    started = cli("up", "--mlflow-port", mlflow_port, "--ray-port", ray_port, "--num-cpus", 1, home=tmp_path)
+    record = json.loads((tmp_path / ".samplewise" / "services.json").read_text()) if started.returncode == 0 else {}
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield tmp_path, record
+    finally:
+        cli("down", home=tmp_path)
+        for svc in record.values():
+            if _alive(svc["pid"]):
+                os.killpg(svc["pid"], signal.SIGKILL)
+
+
+def test_up_binds_loopback_and_status_shows_it(services_up):
+    home, record = services_up
+    assert record["mlflow"]["url"].startswith("http://127.0.0.1:")
+    status = cli("status", home=home)
+    assert status.returncode == 0
+    assert f"MLflow server  running  {record['mlflow']['url']}" in status.stdout
+    assert f"Ray head       running  {record['ray']['address']}" in status.stdout
+    assert "sweeps in progress: none" in status.stdout
+    # a second up starts nothing new
+    again = cli("up", "--mlflow-port", record["mlflow"]["port"], "--ray-port", record["ray"]["port"], home=home)
+    assert again.returncode == 0 and str(record["mlflow"]["pid"]) in again.stdout
+
+
+def test_sweep_while_up_is_detached_and_lands_on_both_nodes(services_up):
+    home, record = services_up
+    (home / "twonode.yaml").write_text(yaml.safe_dump(SPEC))
+    worker = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv" / "bin" / "ray").exists() else "ray",
+         "start", f"--address={record['ray']['address']}", "--block", "--num-cpus=1", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )
+    try:
+        time.sleep(8)  # the worker node registers with the head
+        swept = cli("sweep", "twonode.yaml", home=home)
+        assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
+        assert "detached driver pid" in swept.stdout and "6 trials: 6 completed" in swept.stdout
+        logs = cli("logs", "twonode.yaml", "--no-follow", home=home)
+        assert logs.returncode == 0 and "6 trials: 6 completed" in logs.stdout
+        client = MlflowClient(record["mlflow"]["url"])
+        experiment = client.get_experiment_by_name("twonode")
+        children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
+        nodes = {c.data.tags[m.TAG_NODE_ID] for c in children}
+        assert len(children) == 6 and len(nodes) == 2, nodes
+        print(f"trials ran on Ray nodes {sorted(nodes)}")
+        assert "sweeps in progress: none" in cli("status", home=home).stdout
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+
+
+def test_down_stops_exactly_what_up_started(services_up, ray_session):
+    home, record = services_up
+    stopped = cli("down", home=home)
+    assert stopped.returncode == 0 and "stopped mlflow" in stopped.stdout and "ray" in stopped.stdout
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(s["pid"]) for s in record.values()):
+        time.sleep(0.2)
+    assert not any(_alive(s["pid"]) for s in record.values())
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", record["mlflow"]["port"])) != 0
+    # the test session's own Ray, which up did not start, still works
+    assert ray_session.get(ray_session.remote(lambda: 41 + 1).remote()) == 42
+    assert "not started" in cli("status", home=home).stdout

@@ -8,7 +8,7 @@ SWEEP  ?= sweeps/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test validate export verify ui up down status logs resume clean
+.PHONY: install sweep test validate export verify ui ui-check browser-deps up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,14 @@ verify: install  ## check the sum/mean equivalences the scaling rules rely on
 ui: install  ## MLflow UI on the local store, bound to 127.0.0.1
 	$(BIN)/samplewise ui
 
+ui-check: install  ## open the sweep's runs in headless Chromium, save a screenshot: make ui-check SWEEP=...
+	$(BIN)/samplewise ui-check $(SWEEP)
+
+browser-deps:  ## install Debian's chromium and chromium-driver for ui-check (needs root)
+	apt-get update && apt-get install -y chromium chromium-driver
+
 up: install  ## start a local MLflow server and Ray head (127.0.0.1) in the background
-	$(BIN)/samplewise up $(if $(HOST),--host $(HOST)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(RAY_PORT),--ray-port $(RAY_PORT))
+	$(BIN)/samplewise up $(if $(BIND_HOST),--host $(BIND_HOST)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(RAY_PORT),--ray-port $(RAY_PORT))
 
 down: install  ## stop exactly what make up started
 	$(BIN)/samplewise down

@@ -227,11 +227,38 @@ def cmd_ui(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"samplewise: warning: serving the MLflow UI on {args.host}: anyone who can reach it can "
               "read and change every run", file=sys.stderr)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port)]
+    from services.local import ui_command
+
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
-    os.execv(sys.executable, cmd)
+    os.execv(sys.executable, ui_command(uri, args.host, args.port))
     return EXIT_FAILED  # not reached
+
+
+def cmd_ui_check(args) -> int:
+    spec = load_spec(args.spec)
+    from services import export, local, tracking
+    from services.ui_check import check_runs_page
+
+    uri = args.tracking_uri or paths.tracking_uri()
+    client = tracking.client_for(uri)
+    parent = export.find_parent_run(client, spec.name)
+    children = [r.run_id for r in export.load_records(client, parent)]
+    out = Path(args.out or paths.state_dir() / "ui-check.png")
+    server = None
+    if uri.startswith("sqlite:"):
+        port = local.free_port()
+        server = local.serve_ui(uri, port)
+        ui_url = f"http://127.0.0.1:{port}"
+    else:
+        ui_url = uri
+    try:
+        shown = check_runs_page(ui_url, parent.info.experiment_id, parent.info.run_id, children, out)
+    finally:
+        if server is not None:
+            local.stop(server)
+    print(f"ui-check: {ui_url} shows parent run {parent.info.run_id} ({spec.name}) with {shown} of its "
+          f"{len(children)} child runs; screenshot {out}")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
+
+    p = with_store(sub.add_parser("ui-check", help="check the MLflow UI in headless Chromium",
+                                  description="Serve the MLflow UI, open the sweep's runs page in headless Chromium, "
+                                              "expand its parent run, find its child runs and save a screenshot."))
+    p.add_argument("spec", help="the sweep's spec")
+    p.add_argument("--out", help="screenshot path (default .samplewise/ui-check.png)")
+    p.set_defaults(func=cmd_ui_check)
     return parser
 
 

@@ -102,6 +102,30 @@ def _tcp_open(host: str, port: int) -> bool:
         return False
 
 
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    """The MLflow UI over a local store (``make ui`` and the browser check)."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+
+
+def serve_ui(uri: str, port: int, timeout_s: float = 90) -> int:
+    """Start the MLflow UI for ``uri`` on 127.0.0.1:``port`` in the background; returns its pid
+    (stop it with :func:`stop`)."""
+    log = paths.state_dir() / "logs" / f"mlflow-ui-{port}.log"
+    pid = _spawn(ui_command(uri, "127.0.0.1", port), log)
+    try:
+        _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), "the MLflow UI", pid, log, timeout_s)
+    except ServiceError:
+        stop(pid)
+        raise
+    return pid
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def bin_path(name: str) -> str:
     """An executable of this environment (ray, mlflow), next to the running Python."""
     return str(Path(sys.executable).with_name(name))
@@ -192,6 +216,11 @@ def _stop_group(pid: int) -> None:
             time.sleep(0.1)
         if not _group_alive(pid):
             return
+
+
+def stop(pid: int) -> None:
+    """Stop a process group this module started."""
+    _stop_group(pid)
 
 
 def down() -> list[str]:

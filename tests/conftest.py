@@ -2,6 +2,9 @@ import os
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
+
+from services import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
@@ -11,6 +14,8 @@ SWEEPS = ROOT / "sweeps"
 def _isolated_cache(tmp_path_factory):
     """Keep generated datasets out of the user's cache during tests."""
     os.environ.setdefault("SAMPLEWISE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    for name in ("SAMPLEWISE_HOME", "RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # tests choose their own
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +33,19 @@ def ray_session():
 @pytest.fixture
 def tracking_uri(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory, ray_session):
+    """Run sweeps/smoke.yaml through the CLI, as `make sweep` does, then export it."""
+    work = tmp_path_factory.mktemp("smoke")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        assert cli.main(["sweep", str(SWEEPS / "smoke.yaml")]) == 0
+        assert cli.main(["export", str(SWEEPS / "smoke.yaml")]) == 0
+    return work, MlflowClient(uri)
 
 
 def spec_dict(**overrides):

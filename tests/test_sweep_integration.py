@@ -21,19 +21,6 @@ def test_seeded_searcher_gives_the_same_configs():
     assert all(c["lr"] == pytest.approx(c["lr_per_sample"] * c["batch_size"] ** c["k"]) for c in a)
 
 
-@pytest.fixture(scope="module")
-def smoke_sweep(tmp_path_factory, ray_session):
-    """Run sweeps/smoke.yaml through the CLI, as `make sweep` does, then export it."""
-    work = tmp_path_factory.mktemp("smoke")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(work)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        assert cli.main(["sweep", str(SWEEPS / "smoke.yaml")]) == 0
-        assert cli.main(["export", str(SWEEPS / "smoke.yaml")]) == 0
-    return work, MlflowClient(uri)
-
-
 def test_parent_and_one_child_per_trial(smoke_sweep):
     _, client = smoke_sweep
     spec = load_spec(SWEEPS / "smoke.yaml")

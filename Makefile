@@ -8,7 +8,7 @@ SWEEP  ?= sweeps/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test validate export verify ui ui-check browser-deps up down status logs resume clean
+.PHONY: install sweep test validate export compare verify ui ui-check browser-deps up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ validate: install  ## check a spec without running it
 
 export: install  ## write exports/<sweep>.json and .yaml from MLflow
 	$(BIN)/samplewise export $(SWEEP)
+
+compare: install  ## compare batch-size / LR schedules of a sweep: make compare SWEEP=...
+	$(BIN)/samplewise compare $(SWEEP)
 
 verify: install  ## check the sum/mean equivalences the scaling rules rely on
 	$(BIN)/samplewise verify

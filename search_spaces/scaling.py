@@ -55,14 +55,15 @@ class TrialHParams:
     momentum: float
     eps: float
     seed: int
+    schedule: str = "constant"
+    """Batch-size / LR schedule (search_spaces.schedules); lr is its starting LR."""
 
     def as_config(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TrialHParams":
-        names = cls.__dataclass_fields__
-        return cls(**{name: config[name] for name in names})
+        return cls(**{name: config[name] for name in cls.__dataclass_fields__ if name in config})
 
 
 def lr_exponent(optimizer: str, reduction: str, rule: str) -> float:
@@ -85,6 +86,7 @@ def derive(
     momentum: float = 0.9,
     eps: float = 1e-8,
     seed: int = 0,
+    schedule: str = "constant",
 ) -> TrialHParams:
     """Derive the optimizer settings of one trial from the suggested values.
 
@@ -124,6 +126,7 @@ def derive(
         momentum=float(momentum) if optimizer == "momentum" else 0.0,
         eps=float(eps),
         seed=int(seed),
+        schedule=schedule,
     )
 
 

@@ -1,7 +1,8 @@
 """Define-by-run search spaces for ``OptunaSearch`` that tie the LR to the batch size.
 
-The sampler sees only what is suggested: ``batch_size``, ``reduction``, ``optimizer`` and
-``lr_per_sample`` (the rule constant c). The optimizer ``lr``, the rescaled ``eps`` and
+The sampler sees only what is suggested: ``batch_size``, ``reduction``, ``optimizer``,
+``lr_per_sample`` (the rule constant c), and ``schedule`` and ``seed`` when the space
+lists more than one schedule / any seeds. The optimizer ``lr``, the rescaled ``eps`` and
 weight decay are derived by :func:`search_spaces.scaling.derive` and returned, so Tune
 merges them into the trial config. The functions are pure: no I/O, no state.
 """
@@ -29,6 +30,11 @@ def suggest(trial: "optuna.Trial", space: "SpaceSpec", seed: int) -> dict[str, A
     lr_per_sample = trial.suggest_float(
         "lr_per_sample", space.lr_per_sample.low, space.lr_per_sample.high, log=True
     )
+    # a single schedule is a constant, not a dimension the sampler models
+    schedules = list(space.schedules)
+    schedule = trial.suggest_categorical("schedule", schedules) if len(schedules) > 1 else schedules[0]
+    if space.seeds:
+        seed = trial.suggest_categorical("seed", list(space.seeds))
     hp = derive(
         batch_size=batch_size,
         reduction=reduction,
@@ -40,6 +46,7 @@ def suggest(trial: "optuna.Trial", space: "SpaceSpec", seed: int) -> dict[str, A
         momentum=space.momentum,
         eps=space.eps,
         seed=seed,
+        schedule=schedule,
     )
     return hp.as_config()
 
@@ -64,12 +71,17 @@ def grid_points(space: "SpaceSpec") -> dict[str, list[Any]]:
         lrs = [float(np.sqrt(rng.low * rng.high))]
     else:
         lrs = [float(v) for v in np.geomspace(rng.low, rng.high, rng.grid_points)]
-    return {
+    grid = {
         "batch_size": list(space.batch_sizes),
         "reduction": list(space.reductions),
         "optimizer": list(space.optimizers),
         "lr_per_sample": lrs,
     }
+    if len(space.schedules) > 1:
+        grid["schedule"] = list(space.schedules)
+    if space.seeds:
+        grid["seed"] = list(space.seeds)
+    return grid
 
 
 def grid_size(space: "SpaceSpec") -> int:

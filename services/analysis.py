@@ -37,6 +37,11 @@ class TrialRecord:
     """Last gradient noise scale the trial measured."""
     error: Optional[str] = None
     """Last line of a failed trial's error."""
+    schedule: str = "constant"
+    seed: int = 0
+    updates: int = 0
+    wall_s: Optional[float] = None
+    """Seconds from the trial's start to its end, as MLflow recorded them."""
 
     @property
     def usable(self) -> bool:
@@ -61,6 +66,7 @@ class BatchBest:
 class GroupSummary:
     optimizer: str
     reduction: str
+    schedule: str
     rule: str
     k: float
     best: Optional[TrialRecord]
@@ -106,12 +112,12 @@ def _counts(records: list[TrialRecord]) -> dict[str, int]:
 
 
 def summarize(records: Iterable[TrialRecord]) -> list[GroupSummary]:
-    """One summary per optimizer x reduction, sorted by name."""
-    groups: dict[tuple[str, str], list[TrialRecord]] = defaultdict(list)
+    """One summary per optimizer x reduction x schedule, sorted by name."""
+    groups: dict[tuple[str, str, str], list[TrialRecord]] = defaultdict(list)
     for record in records:
-        groups[(record.optimizer, record.reduction)].append(record)
+        groups[(record.optimizer, record.reduction, record.schedule)].append(record)
     out = []
-    for (optimizer, reduction), members in sorted(groups.items()):
+    for (optimizer, reduction, schedule), members in sorted(groups.items()):
         pool = candidates(members)
         best = min(pool, key=lambda r: r.val_loss) if pool else None
         per_batch, optima = [], []
@@ -126,32 +132,34 @@ def summarize(records: Iterable[TrialRecord]) -> list[GroupSummary]:
         rule, k = members[0].rule, members[0].k
         law, above = valid_range(optima) if len(optima) >= 2 else (None, [])
         out.append(GroupSummary(
-            optimizer, reduction, rule, k, best, per_batch, _counts(members),
+            optimizer, reduction, schedule, rule, k, best, per_batch, _counts(members),
             optima=optima, law=law, above_range=[o.batch_size for o in above], verdict=verdict(law, k),
         ))
     return out
 
 
 def format_table(groups: list[GroupSummary]) -> str:
-    """The end-of-sweep table: best config per optimizer x reduction with its LR per sample."""
+    """The end-of-sweep table: best config per optimizer x reduction (x schedule) with its LR per sample."""
+    scheduled = any(g.schedule != "constant" for g in groups)
+    sched = lambda g: f"{g.schedule:<13} " if scheduled else ""  # noqa: E731
     header = (
-        f"{'optimizer':<9} {'reduction':<9} {'rule':<6} {'lr/sample c':>11} {'k':>4} {'best B':>6} "
+        f"{'optimizer':<9} {'reduction':<9} {'schedule':<13} " if scheduled else f"{'optimizer':<9} {'reduction':<9} "
+    ) + (
+        f"{'rule':<6} {'lr/sample c':>11} {'k':>4} {'best B':>6} "
         f"{'lr':>9} {'val loss':>9} {'val acc':>7}  trials (ok/stopped/diverged/failed)"
     )
     lines = [header, "-" * len(header)]
     for g in groups:
         c = g.counts
         trials = f"{c['total']} ({c['completed']}/{c['stopped_early']}/{c['diverged']}/{c['failed']})"
+        lead = f"{g.optimizer:<9} {g.reduction:<9} {sched(g)}{g.rule:<6} "
         if g.best is None:
-            lines.append(f"{g.optimizer:<9} {g.reduction:<9} {g.rule:<6} {'-':>11} {g.k:>4g} {'-':>6} "
-                         f"{'-':>9} {'-':>9} {'-':>7}  {trials}")
+            lines.append(f"{lead}{'-':>11} {g.k:>4g} {'-':>6} {'-':>9} {'-':>9} {'-':>7}  {trials}")
             continue
         b = g.best
         acc = f"{b.val_accuracy:.3f}" if b.val_accuracy is not None else "-"
-        lines.append(
-            f"{g.optimizer:<9} {g.reduction:<9} {g.rule:<6} {b.lr_per_sample:>11.3e} {g.k:>4g} {b.batch_size:>6} "
-            f"{b.lr:>9.3e} {b.val_loss:>9.4f} {acc:>7}  {trials}"
-        )
+        lines.append(f"{lead}{b.lr_per_sample:>11.3e} {g.k:>4g} {b.batch_size:>6} "
+                     f"{b.lr:>9.3e} {b.val_loss:>9.4f} {acc:>7}  {trials}")
     return "\n".join(lines)
 
 

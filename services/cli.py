@@ -114,11 +114,25 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args) -> int:
+    spec = load_spec(args.spec)
+    from services import compare, export, tracking
+
+    uri = args.tracking_uri or paths.tracking_uri()
+    client = tracking.client_for(uri)
+    parent = export.find_parent_run(client, spec.name, args.parent_run_id)
+    records = export.load_records(client, parent)
+    table, files = compare.report(client, spec.name, parent.info.run_id, records, Path(args.out_dir or paths.exports_dir()))
+    print(table)
+    print("wrote " + ", ".join(str(f) for f in files) + f" (also on MLflow run {parent.info.run_id})")
+    return EXIT_OK
+
+
 def cmd_lr(args) -> int:
     from services.export import lr_lookup, read_export
 
     doc = read_export(args.export)
-    lr, const, warnings = lr_lookup(doc, args.batch_size, args.optimizer, args.reduction)
+    lr, const, warnings = lr_lookup(doc, args.batch_size, args.optimizer, args.reduction, args.schedule)
     for warning in warnings:
         print(f"samplewise: warning: {warning}", file=sys.stderr)
     if args.value_only:
@@ -318,12 +332,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="directory for the export files (default: exports/)")
     p.set_defaults(func=cmd_export)
 
+    p = with_store(sub.add_parser("compare", help="compare schedules at equal sample budgets",
+                                  description="Per schedule at its tuned LR per sample: final val accuracy mean +- sd "
+                                              "over seeds, updates, wall time, and learning curves."))
+    p.add_argument("spec", help="the sweep's spec")
+    p.add_argument("--parent-run-id", help="compare this submission instead of the newest")
+    p.add_argument("--out-dir", help="directory for the report files (default: exports/)")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("lr", help="the LR for a batch size, from an export",
                        description="Print the learning rate to use at a batch size, from an exported constant.")
     p.add_argument("export", help="exports/<sweep>.json or .yaml")
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw"])
     p.add_argument("--reduction", choices=["mean", "sum"])
+    p.add_argument("--schedule", choices=["constant", "lr_decay", "batch_growth"],
+                   help="the schedule's constant (default: constant, when the sweep had one)")
     p.add_argument("--value-only", action="store_true", help="print only the number")
     p.set_defaults(func=cmd_lr)
 

@@ -72,6 +72,10 @@ def _record(run: "Run") -> TrialRecord:
         stopped_early=tags.get(m.TAG_STOPPED_EARLY) == "true",
         b_simple=mt.get(m.B_SIMPLE),
         error=tags.get(m.TAG_ERROR),
+        schedule=p.get("schedule", "constant"),
+        seed=int(p.get("seed", 0)),
+        updates=int(mt.get(m.UPDATES, 0)),
+        wall_s=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
     )
 
 
@@ -95,6 +99,7 @@ def _group_doc(g: GroupSummary, spec_params: dict[str, str]) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "optimizer": g.optimizer,
         "reduction": g.reduction,
+        "schedule": g.schedule,
         "rule": g.rule,
         "k": g.k,
         "lr_per_sample": g.lr_per_sample,
@@ -187,14 +192,14 @@ def write_export(doc: dict[str, Any], out_dir: Path, client: "MlflowClient | Non
 
 def best_histories(client: "MlflowClient", groups: list[GroupSummary], records: list[TrialRecord]):
     """Val-loss curves (samples seen, loss) of the best trial per optimizer x reduction x batch size."""
-    run_of = {(r.optimizer, r.reduction, r.batch_size, r.lr, r.val_loss): r.run_id for r in records}
+    run_of = {(r.optimizer, r.reduction, r.schedule, r.batch_size, r.lr, r.val_loss): r.run_id for r in records}
     curves = {}
     for g in groups:
         for b in g.per_batch:
-            run_id = run_of.get((g.optimizer, g.reduction, b.batch_size, b.lr, b.val_loss))
+            run_id = run_of.get((g.optimizer, g.reduction, g.schedule, b.batch_size, b.lr, b.val_loss))
             if run_id:
                 history = client.get_metric_history(run_id, m.VAL_LOSS)
-                curves[(g.optimizer, g.reduction, b.batch_size)] = sorted((p.step, p.value) for p in history)
+                curves[(g.optimizer, g.reduction, g.schedule, b.batch_size)] = sorted((p.step, p.value) for p in history)
     return curves
 
 
@@ -232,13 +237,19 @@ def read_export(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def pick_constant(doc: dict[str, Any], optimizer: Optional[str], reduction: Optional[str]) -> dict[str, Any]:
+def pick_constant(doc: dict[str, Any], optimizer: Optional[str], reduction: Optional[str],
+                  schedule: Optional[str] = None) -> dict[str, Any]:
     usable = [c for c in doc["constants"] if c.get("lr_per_sample") is not None]
+    if schedule is None and any(c.get("schedule", "constant") != "constant" for c in usable):
+        schedule = "constant" if any(c.get("schedule", "constant") == "constant" for c in usable) else None
     matches = [
         c for c in usable
         if (optimizer is None or c["optimizer"] == optimizer) and (reduction is None or c["reduction"] == reduction)
+        and (schedule is None or c.get("schedule", "constant") == schedule)
     ]
-    choices = ", ".join(f"{c['optimizer']}/{c['reduction']}" for c in usable) or "none"
+    choices = ", ".join(
+        f"{c['optimizer']}/{c['reduction']}" + (f"/{c['schedule']}" if c.get("schedule", "constant") != "constant" else "")
+        for c in usable) or "none"
     if not matches:
         raise ExportError(
             f"--optimizer/--reduction: no constant for {optimizer or '*'}/{reduction or '*'}; export has {choices}"
@@ -249,11 +260,11 @@ def pick_constant(doc: dict[str, Any], optimizer: Optional[str], reduction: Opti
 
 
 def lr_lookup(doc: dict[str, Any], batch_size: int, optimizer: Optional[str] = None,
-              reduction: Optional[str] = None) -> tuple[float, dict[str, Any], list[str]]:
-    """(lr, the constant used, warnings) for ``batch_size``."""
+              reduction: Optional[str] = None, schedule: Optional[str] = None) -> tuple[float, dict[str, Any], list[str]]:
+    """(lr, the constant used, warnings) for ``batch_size`` (the starting LR of a schedule)."""
     if batch_size < 1:
         raise ExportError(f"--batch-size: must be >= 1, got {batch_size}")
-    const = pick_constant(doc, optimizer, reduction)
+    const = pick_constant(doc, optimizer, reduction, schedule)
     lr = lr_for(const["lr_per_sample"], const["k"], batch_size)
     warnings = []
     swept = const.get("batch_sizes_swept") or []

@@ -20,6 +20,10 @@ DIVERGED = "diverged"
 """1.0 once a trial stopped because its loss blew up, else 0.0."""
 SAMPLES_PER_S = "perf/samples_per_s"
 """Training throughput of the last interval (samples per second of training)."""
+BATCH_SIZE = "batch_size"
+"""The batch size in effect (it changes under the batch_growth schedule)."""
+NOISE_G = "noise/g"
+"""SGD noise scale g = lr * N / (B * (1 - m)) with the mean-equivalent LR (Smith et al. 2018)."""
 B_SIMPLE = "noise/b_simple"
 """EMA-smoothed gradient noise scale tr(Sigma)/|G|^2 (McCandlish et al. 2018), in samples."""
 
@@ -29,7 +33,8 @@ NODE_ID = "node_id"
 OBJECTIVE = VAL_LOSS
 MODE = "min"
 
-REPORTED = (TRAIN_LOSS, VAL_LOSS, VAL_ACCURACY, SAMPLES_SEEN, UPDATES, LR, DIVERGED, SAMPLES_PER_S, B_SIMPLE)
+REPORTED = (TRAIN_LOSS, VAL_LOSS, VAL_ACCURACY, SAMPLES_SEEN, UPDATES, LR, BATCH_SIZE, NOISE_G, DIVERGED,
+            SAMPLES_PER_S, B_SIMPLE)
 """Every metric a trial reports; the tracker logs these and nothing Tune adds."""
 
 PARAMS = (
@@ -45,6 +50,7 @@ PARAMS = (
     "momentum",
     "eps",
     "seed",
+    "schedule",
     "workload",
 )
 """Params of each trial's MLflow run."""

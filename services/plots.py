@@ -65,13 +65,14 @@ def _colors(batch_sizes: Sequence[int]) -> dict[int, tuple]:
 
 
 def _group_title(g: GroupSummary) -> str:
-    return f"{g.optimizer}, {g.reduction} reduction ({g.rule} rule, k={g.k:g})"
+    sched = f", {g.schedule} schedule" if g.schedule != "constant" else ""
+    return f"{g.optimizer}, {g.reduction} reduction{sched} ({g.rule} rule, k={g.k:g})"
 
 
 def _u_curves(groups, by_group, x_of, xlabel, title):
     fig, axes = _panels(len(groups), title)
     for ax, g in zip(axes, groups):
-        members = by_group[(g.optimizer, g.reduction)]
+        members = by_group[(g.optimizer, g.reduction, g.schedule)]
         colors = _colors({t.batch_size for t in members if t.usable})
         for bs in sorted(colors):
             # the trials the analysis compares at this batch size: full budget where any is
@@ -135,7 +136,7 @@ def _learning_curves(groups, histories, title):
     for ax, g in zip(axes, groups):
         colors = _colors([b.batch_size for b in g.per_batch])
         for b in g.per_batch:
-            curve = histories.get((g.optimizer, g.reduction, b.batch_size))
+            curve = histories.get((g.optimizer, g.reduction, g.schedule, b.batch_size))
             if curve:
                 steps, values = zip(*curve)
                 ax.plot(steps, values, "-", color=colors[b.batch_size], lw=1.4,
@@ -161,8 +162,8 @@ def write_plots(
     """Write the four PNGs as ``<out_dir>/<sweep>-<plot>.png``; returns their paths."""
     by_group: dict[tuple, list[TrialRecord]] = {}
     for r in records:
-        by_group.setdefault((r.optimizer, r.reduction), []).append(r)
-    groups = [g for g in groups if by_group.get((g.optimizer, g.reduction))]
+        by_group.setdefault((r.optimizer, r.reduction, r.schedule), []).append(r)
+    groups = [g for g in groups if by_group.get((g.optimizer, g.reduction, g.schedule))]
     figures = {
         "u_curves": _u_curves(groups, by_group, lambda t: t.lr, "learning rate (optimizer lr)",
                               f"{sweep}: validation loss vs learning rate"),

@@ -80,11 +80,16 @@ class SpaceSpec(_Frozen):
     eps: float = Field(default=1e-8, gt=0, allow_inf_nan=False)
     """Adam eps for the mean-reduced loss (scaled by B under sum to stay equivalent)."""
     weight_decay: WeightDecaySpec = WeightDecaySpec()
+    schedules: list[Literal["constant", "lr_decay", "batch_growth"]] = Field(default=["constant"], min_length=1)
+    """Batch-size / LR schedules to compare (settings in the ``schedule`` section); the batch
+    sizes above are the starting ones."""
+    seeds: Optional[list[int]] = Field(default=None, min_length=1)
+    """Training seeds to sweep over (init and data order); default the searcher's seed."""
 
     @model_validator(mode="after")
     def _check(self) -> "SpaceSpec":
-        for field in ("batch_sizes", "reductions", "optimizers"):
-            values = getattr(self, field)
+        for field in ("batch_sizes", "reductions", "optimizers", "schedules", "seeds"):
+            values = getattr(self, field) or []
             if len(set(values)) != len(values):
                 raise ValueError(f"{field}: duplicate values in {values}")
         for i, b in enumerate(self.batch_sizes):
@@ -124,6 +129,26 @@ class AshaSpec(_Frozen):
     grace_period_samples: Optional[int] = Field(default=None, ge=1)
     """Samples every trial trains before it can be stopped; default one report interval."""
     reduction_factor: float = Field(default=3.0, gt=1, allow_inf_nan=False)
+
+
+class ScheduleSpec(_Frozen):
+    factor: float = Field(default=5.0, gt=1, allow_inf_nan=False)
+    """Each event divides the LR (lr_decay) or multiplies the batch size (batch_growth) by this."""
+    milestones: list[float] = Field(default=[0.5, 0.75, 0.9], min_length=1)
+    """Fractions of the sample budget at which events happen."""
+    patience: Optional[int] = Field(default=None, ge=1)
+    """Instead of milestones: an event after this many evaluations without improvement."""
+    warmup_samples: int = Field(default=0, ge=0)
+    """Linear LR warmup, in samples, for every schedule."""
+    batch_cap: Optional[int] = Field(default=None, ge=1)
+    """Largest batch size batch_growth reaches before it decays the LR; default N/10."""
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "ScheduleSpec":
+        for i, f in enumerate(self.milestones):
+            if not 0 < f < 1:
+                raise ValueError(f"milestones.{i}: must lie strictly between 0 and 1, got {f}")
+        return self
 
 
 class NoiseSpec(_Frozen):
@@ -167,6 +192,7 @@ class SweepSpec(_Frozen):
     space: SpaceSpec
     budget: BudgetSpec
     asha: AshaSpec = AshaSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
     noise: NoiseSpec = NoiseSpec()
     failures: FailureSpec = FailureSpec()
     resources: ResourcesSpec = ResourcesSpec()

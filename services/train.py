@@ -8,6 +8,7 @@ reporting interval, never per step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from search_spaces.scaling import TrialHParams
+from search_spaces.schedules import Schedule, batch_and_lr, noise_scale, optimizer_settings
 from services import metrics as m
 from services.noise import NoiseScale
 from services.workloads import Workload
@@ -87,6 +89,16 @@ class Budget:
     divergence_factor: float = 5.0
     noise_batches: Optional[tuple[int, int]] = None
     """(small, large) batch sizes for the gradient noise scale; None skips it."""
+    schedule: Schedule = Schedule()
+    """Batch-size / LR schedule; its kind is the trial's own (``hp.schedule``)."""
+
+
+def _apply(optimizer: torch.optim.Optimizer, hp: TrialHParams, settings: dict[str, float]) -> None:
+    """Set the schedule's lr (and eps, coupled weight decay) on every param group."""
+    if hp.decoupled_decay and hp.optimizer != "adamw":
+        settings = {k: v for k, v in settings.items() if k != "weight_decay"}  # applied in train_step
+    for group in optimizer.param_groups:
+        group.update({k: v for k, v in settings.items() if k in group})
 
 
 def run_trial(
@@ -98,10 +110,15 @@ def run_trial(
 ) -> dict:
     """Train one trial, calling ``report(metrics, state)`` each interval; returns the last metrics.
 
+    The loop counts samples: it reports each time ``interval_samples`` more have been seen
+    (a last stub shorter than half an interval joins the final report), and asks the schedule
+    for the batch size and LR before every step, so a batch_growth trial changes its batch
+    size at the sample count its milestones name.
+
     ``state`` is everything needed to continue after that report (model, optimizer, data
-    order, noise-scale EMA); passing it back as ``resume`` continues the trial exactly where
-    it reported, so a resumed trial logs no sample count twice. It holds live tensors:
-    serialize or copy it before ``report`` returns.
+    order, schedule history, noise-scale EMA); passing it back as ``resume`` continues the
+    trial exactly where it reported, so a resumed trial logs no sample count twice. It holds
+    live tensors: serialize or copy it before ``report`` returns.
 
     A trial whose loss turns NaN/inf or exceeds ``divergence_factor`` times its initial
     validation loss stops at that report with ``diverged = 1`` and a finite objective (the
@@ -112,51 +129,61 @@ def run_trial(
     model = workload.model_fn().to(device)
     optimizer = make_optimizer(model, hp)
     order = torch.Generator(device="cpu").manual_seed(hp.seed)
-
-    n = workload.n_train
-    bs = min(hp.batch_size, n)
-    total_steps = max(1, math.ceil(budget.total_samples / bs))
-    steps_per_report = max(1, round(budget.interval_samples / bs))
+    n, total = workload.n_train, budget.total_samples
+    schedule = dataclasses.replace(budget.schedule, kind=hp.schedule)
     noise = NoiseScale(*budget.noise_batches, seed=hp.seed) if budget.noise_batches else None
+
     perm = torch.empty(0, dtype=torch.long, device=device)
-    pos, start = n, 1  # pos = n forces a fresh permutation on the first step
+    pos, samples, updates, history = n, 0, 0, []  # pos = n forces a fresh permutation first
     if resume is None:
         initial_loss, _ = evaluate(model, workload)
     else:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         order.set_state(resume["order"])
-        perm, pos, start = resume["perm"].to(device), resume["pos"], resume["step"] + 1
+        perm, pos = resume["perm"].to(device), resume["pos"]
+        samples, updates, history = resume["samples"], resume["updates"], list(resume["val_history"])
         initial_loss = resume["initial_loss"]
         if noise is not None and resume.get("noise"):
             noise.load_state_dict(resume["noise"])
     threshold = budget.divergence_factor * max(initial_loss, 1e-12)
+    next_report = (samples // budget.interval_samples + 1) * budget.interval_samples
 
+    current = None
     running = torch.zeros((), device=device)
     interval_start, interval_samples = time.perf_counter(), 0
     last: dict = {}
-    for step in range(start, total_steps + 1):
+    while samples < total:
+        bs, scale = batch_and_lr(schedule, hp.batch_size, n, samples, total, history)
+        bs = min(bs, n)
+        if (bs, scale) != current:
+            _apply(optimizer, hp, optimizer_settings(hp, bs, scale))
+            current = (bs, scale)
         if pos + bs > n:
             perm = torch.randperm(n, generator=order).to(device)
             pos = 0
         idx = perm[pos : pos + bs]
         pos += bs
         running += train_step(model, optimizer, workload.x_train[idx], workload.y_train[idx], workload.loss_fn, hp)
-        interval_samples += bs
-        # Report every interval; a stub shorter than half an interval joins the last one.
-        if step != total_steps and (step % steps_per_report or total_steps - step < steps_per_report / 2):
+        samples, updates, interval_samples = samples + bs, updates + 1, interval_samples + bs
+        # Report every interval; a stub shorter than half an interval joins the final report.
+        if samples < total and (samples < next_report or total - samples < budget.interval_samples / 2):
             continue
+        next_report = (samples // budget.interval_samples + 1) * budget.interval_samples
         elapsed = time.perf_counter() - interval_start
         train_loss = running.item() / interval_samples
         val_loss, val_acc = evaluate(model, workload)
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss)) or max(train_loss, val_loss) > threshold
+        history.append(val_loss)
         last = {
             m.TRAIN_LOSS: train_loss if math.isfinite(train_loss) else threshold,
             m.VAL_LOSS: threshold if diverged else val_loss,
             m.VAL_ACCURACY: val_acc if math.isfinite(val_acc) else 0.0,
-            m.SAMPLES_SEEN: step * bs,
-            m.UPDATES: step,
+            m.SAMPLES_SEEN: samples,
+            m.UPDATES: updates,
             m.LR: optimizer.param_groups[0]["lr"],
+            m.BATCH_SIZE: bs,
+            m.NOISE_G: noise_scale(hp, bs, scale, n),
             m.DIVERGED: float(diverged),
             m.SAMPLES_PER_S: interval_samples / max(elapsed, 1e-9),
         }
@@ -164,7 +191,8 @@ def run_trial(
         if b_simple is not None:
             last[m.B_SIMPLE] = b_simple
         state = {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "samples": samples, "updates": updates, "val_history": list(history),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "order": order.get_state(), "perm": perm.cpu(), "pos": pos, "initial_loss": initial_loss,
             "noise": noise.state_dict() if noise else None,
         }
@@ -174,6 +202,13 @@ def run_trial(
         running.zero_()
         interval_start, interval_samples = time.perf_counter(), 0
     return last
+
+
+def schedule_of(spec) -> Schedule:
+    """The spec's schedule settings (the kind comes from each trial's config)."""
+    sched = spec.schedule
+    return Schedule(factor=sched.factor, milestones=tuple(sched.milestones), patience=sched.patience,
+                    warmup_samples=sched.warmup_samples, batch_cap=sched.batch_cap)
 
 
 def tune_trainable(config: dict, spec) -> None:
@@ -193,6 +228,7 @@ def tune_trainable(config: dict, spec) -> None:
         interval_samples=spec.budget.interval_samples(workload.n_train),
         divergence_factor=spec.budget.divergence_factor,
         noise_batches=(spec.noise.small_batch, spec.noise.large_batch) if spec.noise.enabled else None,
+        schedule=schedule_of(spec),
     )
     checkpoint = tune.get_checkpoint()
     resume = None

@@ -79,7 +79,8 @@ def test_run_trial_reports_contract_metrics_at_sample_counts(workload):
     assert len(reports) == 3
     assert set(m.REPORTED) <= set(reports[0])
     assert all(r[m.B_SIMPLE] > 0 for r in reports)
-    assert [r[m.UPDATES] for r in reports] == [22, 44, 68]  # round(1437/64)=22 steps per report, ceil(4311/64)=68
+    # a report at the first step that reaches each multiple of 1437 samples: ceil(k * 1437 / 64)
+    assert [r[m.UPDATES] for r in reports] == [23, 45, 68]
     assert all(r[m.SAMPLES_SEEN] == r[m.UPDATES] * 64 for r in reports)
     assert reports[-1][m.VAL_LOSS] < reports[0][m.VAL_LOSS]
     assert reports[-1][m.DIVERGED] == 0.0
@@ -113,3 +114,23 @@ def test_resuming_from_a_report_state_continues_exactly(workload):
     assert [r[m.SAMPLES_SEEN] for r in resumed] == [r[m.SAMPLES_SEEN] for r in straight[1:]]
     assert [r[m.VAL_LOSS] for r in resumed] == [r[m.VAL_LOSS] for r in straight[1:]]
     assert [r[m.B_SIMPLE] for r in resumed] == [r[m.B_SIMPLE] for r in straight[1:]]
+
+
+def test_batch_growth_trial_grows_its_batch_and_takes_fewer_updates(workload):
+    from search_spaces.schedules import Schedule
+
+    budget = dict(total_samples=8 * workload.n_train, interval_samples=workload.n_train,
+                  schedule=Schedule(factor=2, milestones=(0.5, 0.75), batch_cap=200))
+    runs = {}
+    for kind in ("constant", "lr_decay", "batch_growth"):
+        hp = derive(batch_size=32, reduction="mean", optimizer="momentum", lr_per_sample=1e-3, schedule=kind)
+        reports = []
+        run_trial(workload, hp, Budget(**budget), lambda r, s: reports.append(r))
+        runs[kind] = reports
+    growth, decay = runs["batch_growth"], runs["lr_decay"]
+    assert [r[m.BATCH_SIZE] for r in growth] == [32, 32, 32, 32, 64, 64, 128, 128]
+    assert all(r[m.BATCH_SIZE] == 32 for r in decay)
+    assert decay[-1][m.LR] == pytest.approx(0.032 / 4) and growth[-1][m.LR] == pytest.approx(0.032)
+    assert growth[-1][m.NOISE_G] == pytest.approx(decay[-1][m.NOISE_G])  # both lower g fourfold
+    assert growth[-1][m.UPDATES] < decay[-1][m.UPDATES] == runs["constant"][-1][m.UPDATES]
+    assert abs(growth[-1][m.SAMPLES_SEEN] - decay[-1][m.SAMPLES_SEEN]) < 128  # equal sample budgets

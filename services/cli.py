@@ -122,6 +122,9 @@ def cmd_compare(args) -> int:
     client = tracking.client_for(uri)
     parent = export.find_parent_run(client, spec.name, args.parent_run_id)
     records = export.load_records(client, parent)
+    if parent.info.status == "RUNNING":
+        print(f"samplewise: warning: sweep {spec.name} is still running; this compares the trials done so far",
+              file=sys.stderr)
     table, files = compare.report(client, spec.name, parent.info.run_id, records, Path(args.out_dir or paths.exports_dir()))
     print(table)
     print("wrote " + ", ".join(str(f) for f in files) + f" (also on MLflow run {parent.info.run_id})")

@@ -114,6 +114,9 @@ def plot(sweep: str, rows: Sequence[ScheduleResult], per_schedule: dict[str, lis
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(title="schedule (one line per seed)", fontsize=8, title_fontsize=8)
     axes[1].set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    axes[1].xaxis.set_minor_formatter(NullFormatter())
     fig.suptitle(f"{sweep}: schedules at equal sample budgets, tuned LR per sample each", fontsize=12)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ SWEEP  ?= sweeps/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test validate export compare verify ui ui-check browser-deps up down status logs resume clean
+.PHONY: install sweep test bench bench-quick validate export compare verify ui ui-check browser-deps up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ sweep: install  ## run a sweep: make sweep SWEEP=sweeps/x.yaml
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install  ## measure samplewise against its goals (about 20 min on 2 cores); writes BENCHMARKS.md
+	$(BIN)/samplewise bench
+
+bench-quick: install  ## every bench measurement at toy size (a smoke run; the test suite runs it)
+	$(BIN)/samplewise bench --quick
 
 validate: install  ## check a spec without running it
 	$(BIN)/samplewise validate $(SWEEP)

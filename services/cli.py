@@ -149,6 +149,19 @@ def cmd_lr(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    from services.bench import run_bench
+
+    out = Path(args.out or ("BENCHMARKS.md" if not args.quick else paths.state_dir() / "BENCHMARKS-quick.md"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "make bench-quick" if args.quick else "make bench"
+    for r in run_bench(args.quick, out, command):
+        met = "" if r.met is None else ("  (goal met)" if r.met else "  (goal MISSED)")
+        print(f"{r.name}: {r.figure}; goal {r.goal}{met}")
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
 def cmd_verify(args) -> int:
     from services.verify import format_rows, verify
 
@@ -353,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the schedule's constant (default: constant, when the sweep had one)")
     p.add_argument("--value-only", action="store_true", help="print only the number")
     p.set_defaults(func=cmd_lr)
+
+    p = sub.add_parser("bench", help="measure speed and overhead against the goals",
+                       description="Training loop vs DataLoader, orchestration overhead, search efficiency, tracking "
+                                   "overhead, export over many runs, peak memory; writes BENCHMARKS.md.")
+    p.add_argument("--quick", action="store_true", help="every measurement at toy size (a smoke run)")
+    p.add_argument("--out", help="report path (default BENCHMARKS.md; quick: .samplewise/BENCHMARKS-quick.md)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("verify", help="check the reduction equivalences the rules rely on",
                        description="Train paired models that the rules say are identical (and controls that must "

@@ -24,6 +24,8 @@ BATCH_SIZE = "batch_size"
 """The batch size in effect (it changes under the batch_growth schedule)."""
 NOISE_G = "noise/g"
 """SGD noise scale g = lr * N / (B * (1 - m)) with the mean-equivalent LR (Smith et al. 2018)."""
+MAX_RSS_MB = "perf/max_rss_mb"
+"""Peak resident memory of the process running the trial (MiB)."""
 B_SIMPLE = "noise/b_simple"
 """EMA-smoothed gradient noise scale tr(Sigma)/|G|^2 (McCandlish et al. 2018), in samples."""
 
@@ -34,7 +36,7 @@ OBJECTIVE = VAL_LOSS
 MODE = "min"
 
 REPORTED = (TRAIN_LOSS, VAL_LOSS, VAL_ACCURACY, SAMPLES_SEEN, UPDATES, LR, BATCH_SIZE, NOISE_G, DIVERGED,
-            SAMPLES_PER_S, B_SIMPLE)
+            SAMPLES_PER_S, MAX_RSS_MB, B_SIMPLE)
 """Every metric a trial reports; the tracker logs these and nothing Tune adds."""
 
 PARAMS = (

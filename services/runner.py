@@ -150,11 +150,13 @@ def _fit(tuner: tune.Tuner, client, parent: str, tracker=None):
     except BaseException:
         if tracker is not None:
             tracker.close("KILLED")
-        client.set_terminated(parent, status="KILLED")
+        if client is not None:
+            client.set_terminated(parent, status="KILLED")
         raise
     if tracker is not None:
         tracker.close("KILLED")
-    client.set_terminated(parent, status="FINISHED")
+    if client is not None:
+        client.set_terminated(parent, status="FINISHED")
     return results
 
 
@@ -166,24 +168,32 @@ def run_sweep(
     ray_address: str | None = None,
     storage_path: str | None = None,
     stream: IO[str] | None = None,
+    track: bool = True,
 ) -> SweepOutcome:
-    """Run every trial of ``spec`` and track it in MLflow; returns where the results are."""
+    """Run every trial of ``spec`` and track it in MLflow; returns where the results are.
+
+    ``track=False`` runs the same sweep without MLflow (``make bench`` measures what tracking costs).
+    """
     stream = stream or sys.stdout
     uri = tracking_uri or paths.tracking_uri()
-    tracking.check_store(uri)
-    client = tracking.client_for(uri)
-    experiment_id = tracking.ensure_experiment(client, spec.name, paths.artifact_location(uri, spec.name))
+    if track:
+        tracking.check_store(uri)
+        client = tracking.client_for(uri)
+        experiment_id = tracking.ensure_experiment(client, spec.name, paths.artifact_location(uri, spec.name))
     n_train = workloads.load(spec.workload).n_train
     budget_samples = spec.budget.total_samples(n_train)
 
     started = init_ray(ray_address if ray_address is not None else paths.ray_address())
     try:
-        parent = tracking.start_parent_run(client, experiment_id, spec, spec_path)
         run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         storage = storage_path or paths.storage_path()
-        client.set_tag(parent, m.TAG_BUDGET_SAMPLES, str(budget_samples))
-        client.set_tag(parent, m.TAG_RAY_RUN, f"{storage}/{run_name}")
-        tracker = tracking.MlflowTracker(uri, experiment_id, parent, spec, budget_samples)
+        if track:
+            parent = tracking.start_parent_run(client, experiment_id, spec, spec_path)
+            client.set_tag(parent, m.TAG_BUDGET_SAMPLES, str(budget_samples))
+            client.set_tag(parent, m.TAG_RAY_RUN, f"{storage}/{run_name}")
+            tracker = tracking.MlflowTracker(uri, experiment_id, parent, spec, budget_samples)
+        else:
+            parent, experiment_id, client, tracker = "", "", None, None
         stream.write(
             f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.name}, "
             f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}; "
@@ -205,7 +215,7 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=run_name,
                 storage_path=storage,
-                callbacks=[tracker, ProgressPrinter(spec.num_trials, budget_samples, stream)],
+                callbacks=[c for c in (tracker, ProgressPrinter(spec.num_trials, budget_samples, stream)) if c],
                 failure_config=tune.FailureConfig(max_failures=spec.failures.max_retries),
                 verbose=0,
             ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -186,6 +187,7 @@ def run_trial(
             m.NOISE_G: noise_scale(hp, bs, scale, n),
             m.DIVERGED: float(diverged),
             m.SAMPLES_PER_S: interval_samples / max(elapsed, 1e-9),
+            m.MAX_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         b_simple = noise.measure(model, workload) if noise and not diverged else None
         if b_simple is not None:
@@ -211,6 +213,17 @@ def schedule_of(spec) -> Schedule:
                     warmup_samples=sched.warmup_samples, batch_cap=sched.batch_cap)
 
 
+def budget_of(spec, n_train: int) -> Budget:
+    """The spec's budget, reporting interval, noise-scale and schedule settings for one trial."""
+    return Budget(
+        total_samples=spec.budget.total_samples(n_train),
+        interval_samples=spec.budget.interval_samples(n_train),
+        divergence_factor=spec.budget.divergence_factor,
+        noise_batches=(spec.noise.small_batch, spec.noise.large_batch) if spec.noise.enabled else None,
+        schedule=schedule_of(spec),
+    )
+
+
 def tune_trainable(config: dict, spec) -> None:
     """The Ray Tune function trainable: one trial of ``spec`` with hyperparameters ``config``."""
     import ray
@@ -223,13 +236,7 @@ def tune_trainable(config: dict, spec) -> None:
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     workload = workloads.load(spec.workload, device)
-    budget = Budget(
-        total_samples=spec.budget.total_samples(workload.n_train),
-        interval_samples=spec.budget.interval_samples(workload.n_train),
-        divergence_factor=spec.budget.divergence_factor,
-        noise_batches=(spec.noise.small_batch, spec.noise.large_batch) if spec.noise.enabled else None,
-        schedule=schedule_of(spec),
-    )
+    budget = budget_of(spec, workload.n_train)
     checkpoint = tune.get_checkpoint()
     resume = None
     if checkpoint is not None:

@@ -1,0 +1,347 @@
+"""``make bench``: samplewise measured against the limit and against what users would do instead.
+
+Every comparison is a ratio measured side by side in the same run (shared machines are noisy);
+absolute figures are reported with the machine they came from. ``quick=True`` runs each
+measurement at toy size (the test suite runs it as a smoke test, never as a timed assertion).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search_spaces.scaling import TrialHParams, derive
+from services import metrics as m
+
+
+@dataclass
+class Result:
+    name: str
+    figure: str
+    goal: str
+    met: bool | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _silent_stream():
+    return open(os.devnull, "w")
+
+
+# ---- 1. training loop vs a DataLoader loop ------------------------------------------------
+
+def _dataloader_loop(workload, hp: TrialHParams, samples: int) -> float:
+    """What a user writes: DataLoader over a TensorDataset, mean loss, .item() every step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from services.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = workload.model_fn()
+    optimizer = make_optimizer(model, hp)
+    loader = DataLoader(TensorDataset(workload.x_train, workload.y_train), batch_size=hp.batch_size,
+                        shuffle=True, drop_last=True)
+    seen, start, total_loss = 0, time.perf_counter(), 0.0
+    while seen < samples:
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(model(x), y, reduction=hp.reduction)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+            seen += len(y)
+            if seen >= samples:
+                break
+    return seen / (time.perf_counter() - start)
+
+
+def _our_loop(workload, hp: TrialHParams, samples: int) -> float:
+    from services.train import Budget, run_trial
+
+    start = time.perf_counter()
+    last = run_trial(workload, hp, Budget(samples, samples), lambda r, s: None)
+    return last[m.SAMPLES_SEEN] / (time.perf_counter() - start)
+
+
+def bench_training_loop(quick: bool) -> Result:
+    from services.workloads import mnist1d_mlp
+
+    torch.set_num_threads(1)
+    workload = mnist1d_mlp(num_samples=2000 if quick else 5000)
+    samples = 4_000 if quick else 80_000
+    rows = {}
+    warm = derive(batch_size=16, reduction="mean", optimizer="sgd", lr_per_sample=1e-3)
+    _our_loop(workload, warm, 2_000), _dataloader_loop(workload, warm, 2_000)  # first-call costs, untimed
+    for bs in (16, 64, 256):
+        hp = derive(batch_size=bs, reduction="mean", optimizer="sgd", lr_per_sample=1e-3)
+        ours = statistics.median(_our_loop(workload, hp, samples) for _ in range(1 if quick else 3))
+        theirs = statistics.median(_dataloader_loop(workload, hp, samples) for _ in range(1 if quick else 3))
+        rows[bs] = {"samplewise_samples_per_s": round(ours), "dataloader_samples_per_s": round(theirs),
+                    "ratio": round(ours / theirs, 2)}
+    worst = min(r["ratio"] for r in rows.values())
+    figure = ", ".join(f"B={b}: {r['ratio']}x" for b, r in rows.items())
+    return Result("training loop vs DataLoader loop", figure, ">= 3x", worst >= 3, rows)
+
+
+# ---- 2 and 6. orchestration overhead, peak memory ------------------------------------------
+
+def _bare_trial(args) -> float:
+    spec, config = args
+    from services import workloads
+    from services.train import budget_of, run_trial
+
+    torch.set_num_threads(1)
+    workload = workloads.load(spec.workload)
+    start = time.perf_counter()
+    run_trial(workload, TrialHParams.from_config(config), budget_of(spec, workload.n_train), lambda r, s: None)
+    return time.perf_counter() - start
+
+
+def _configs(spec) -> list[dict]:
+    from services.runner import make_searcher
+
+    searcher = make_searcher(spec)
+    return [searcher.suggest(f"bench{i}") for i in range(spec.num_trials)]
+
+
+def _spec(name: str, epochs: float, trials: int, **space) -> Any:
+    from services.spec import parse_spec
+
+    return parse_spec({
+        "name": name,
+        "workload": {"name": "mnist1d_mlp", "params": {"hidden": 256, "depth": 3}},
+        "searcher": {"kind": "random", "num_trials": trials, "max_concurrent": 2, "seed": 0},
+        "space": {"batch_sizes": [32, 64], "lr_per_sample": {"low": 1e-4, "high": 1e-3},
+                  "reductions": ["mean"], "optimizers": ["sgd"], **space},
+        "budget": {"epochs": epochs},
+        "asha": {"enabled": False},
+    })
+
+
+def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result]:
+    from services.runner import run_sweep
+
+    trials = 2 if quick else 8
+    probe = _spec("bench_probe", 1, 1)
+    per_epoch = _bare_trial((probe, _configs(probe)[0]))
+    epochs = 1 if quick else max(1, round(10.0 / per_epoch))  # trials of about 10 s
+    spec = _spec("bench_orchestration", epochs, trials)
+    configs = _configs(spec)
+    start = time.perf_counter()
+    with mp.get_context("spawn").Pool(spec.searcher.max_concurrent) as pool:
+        trial_s = pool.map(_bare_trial, [(spec, c) for c in configs])
+    bare = time.perf_counter() - start
+    start = time.perf_counter()
+    outcome = run_sweep(spec, tracking_uri=f"sqlite:///{store / 'orchestration.db'}", stream=_silent_stream(),
+                        storage_path=str(store / "ray"))
+    tuned = time.perf_counter() - start
+    ratio = tuned / bare
+    detail = {"trials": trials, "epochs": epochs, "mean_trial_s": round(statistics.fmean(trial_s), 2),
+              "bare_wall_s": round(bare, 1), "samplewise_wall_s": round(tuned, 1),
+              "overhead_per_trial_s": round((tuned - bare) / trials * spec.searcher.max_concurrent, 2)}
+    orchestration = Result("orchestration (Ray Tune + MLflow vs bare processes)",
+                           f"{ratio:.2f}x wall, {detail['overhead_per_trial_s']} s per trial",
+                           "<= 1.10 for ~10 s trials", ratio <= 1.10 if not quick else None, detail)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store / 'orchestration.db'}")
+    rss = [r.data.metrics.get(m.MAX_RSS_MB, 0) for r in client.search_runs(
+        [outcome.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")]
+    memory = Result("peak memory per trial worker", f"{max(rss):.0f} MiB (max over {len(rss)} trials)", "report",
+                    None, {"max_rss_mib": round(max(rss)), "median_rss_mib": round(statistics.median(rss))})
+    return orchestration, memory
+
+
+# ---- 3. search efficiency: tied TPE + ASHA vs untied random ----------------------------------
+
+def _search_spec(name: str, tied: bool, seed: int, quick: bool):
+    from services.spec import parse_spec
+
+    space = {"batch_sizes": [16, 32, 64, 128, 256], "reductions": ["mean"], "optimizers": ["sgd"]}
+    if tied:  # c with lr = c * B; TPE and ASHA on samples
+        space["lr_per_sample"] = {"low": 1e-4, "high": 1e-1}
+    else:  # the raw LR, batch size independent: what a user without the rule searches
+        space.update(lr_per_sample={"low": 1e-3, "high": 10.0}, rules={"sgd": "none"})
+    return parse_spec({
+        "name": name, "workload": {"name": "digits_mlp", "params": {"hidden": 64}},
+        "searcher": {"kind": "tpe" if tied else "random", "num_trials": 4 if quick else 40,
+                     "max_concurrent": 2, "seed": seed},
+        "space": space, "budget": {"epochs": 2 if quick else 10},
+        "asha": {"enabled": tied, "grace_period_samples": 1437 if quick else 2874},
+        "noise": {"enabled": False},
+    })
+
+
+def _time_to_target(client, outcome, target: float) -> tuple[float, float]:
+    """(samples trained, wall seconds) until the first trial at or below ``target``; a sweep
+    that never gets there counts all it trained and all its time (a censored, optimistic figure)."""
+    parent = client.get_run(outcome.parent_run_id)
+    runs = client.search_runs([outcome.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    samples = 0.0
+    for run in sorted(runs, key=lambda r: r.info.end_time or 0):
+        samples += run.data.metrics.get(m.SAMPLES_SEEN, 0)
+        if run.data.metrics.get(m.VAL_LOSS, float("inf")) <= target and run.data.tags.get(m.TAG_DIVERGED) != "true":
+            return samples, (run.info.end_time - parent.info.start_time) / 1000
+    return samples, (max(r.info.end_time or 0 for r in runs) - parent.info.start_time) / 1000
+
+
+def bench_search(quick: bool, store: Path) -> Result:
+    from mlflow.tracking import MlflowClient
+
+    from services.runner import run_sweep
+
+    uri = f"sqlite:///{store / 'search.db'}"
+    client = MlflowClient(uri)
+    per_seed = []
+    for seed in range(1 if quick else 5):
+        outcomes = {kind: run_sweep(_search_spec(f"bench_search_{kind}", kind == "tied", seed, quick),
+                                    tracking_uri=uri, stream=_silent_stream(), storage_path=str(store / "ray"))
+                    for kind in ("tied", "untied")}
+        best = min(r.data.metrics.get(m.VAL_LOSS, float("inf"))
+                   for o in outcomes.values() for r in client.search_runs(
+                       [o.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{o.parent_run_id}'")
+                   if r.data.tags.get(m.TAG_DIVERGED) != "true")
+        hits = {kind: _time_to_target(client, o, best * 1.01) for kind, o in outcomes.items()}
+        per_seed.append({"seed": seed, "best_val_loss": round(best, 4),
+                         **{f"{k}_samples": v[0] for k, v in hits.items()},
+                         **{f"{k}_wall_s": round(v[1], 1) for k, v in hits.items()}})
+    med = {key: statistics.median(s[key] for s in per_seed)
+           for key in ("tied_samples", "untied_samples", "tied_wall_s", "untied_wall_s")}
+    ratio = med["tied_samples"] / med["untied_samples"]
+    return Result("search efficiency (tied TPE + ASHA vs untied random, samples to within 1% of best)",
+                  f"{ratio:.2f}x the samples, {med['tied_wall_s']:.0f} s vs {med['untied_wall_s']:.0f} s (medians)",
+                  "<= 0.25x the samples", ratio <= 0.25 if not quick else None,
+                  {"median": med, "per_seed": per_seed})
+
+
+# ---- 4. tracking overhead ------------------------------------------------------------------
+
+def bench_tracking(quick: bool, store: Path) -> Result:
+    from services.runner import run_sweep
+
+    spec = _search_spec("bench_tracking", True, 0, quick)
+    walls: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(1 if quick else 3):
+        for track in (True, False):  # interleaved, so drift on a shared machine hits both
+            start = time.perf_counter()
+            run_sweep(spec, tracking_uri=f"sqlite:///{store / 'tracking.db'}", stream=_silent_stream(),
+                      storage_path=str(store / "ray"), track=track)
+            walls[track].append(time.perf_counter() - start)
+    on, off = statistics.median(walls[True]), statistics.median(walls[False])
+    overhead = on / off - 1
+    return Result("tracking overhead (same sweep with and without MLflow)", f"{overhead * 100:+.1f}%",
+                  "<= 3%", overhead <= 0.03 if not quick else None,
+                  {"with_mlflow_s": [round(w, 1) for w in walls[True]], "without_s": [round(w, 1) for w in walls[False]]})
+
+
+# ---- 5. analysis and export over a large store ----------------------------------------------
+
+def bench_export(quick: bool, store: Path) -> Result:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from services.export import export_sweep
+    from services.spec import parse_spec
+    from services.tracking import PARENT_TAG, ensure_experiment, start_parent_run
+
+    n = 50 if quick else 10_000
+    uri = f"sqlite:///{store / 'export.db'}"
+    client = MlflowClient(uri)
+    spec = parse_spec({"name": "bench_export", "workload": {"name": "digits_mlp"},
+                       "searcher": {"kind": "random", "num_trials": n},
+                       "space": {"batch_sizes": [16, 32, 64, 128, 256], "lr_per_sample": {"low": 1e-4, "high": 1e-1},
+                                 "reductions": ["mean", "sum"], "optimizers": ["sgd", "adam"]},
+                       "budget": {"epochs": 10}})
+    experiment = ensure_experiment(client, spec.name)
+    parent = start_parent_run(client, experiment, spec, "")
+    client.set_tag(parent, m.TAG_BUDGET_SAMPLES, "14370")
+    gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for i in range(n):
+        bs = [16, 32, 64, 128, 256][i % 5]
+        opt, red = ("sgd", "adam")[i // 5 % 2], ("mean", "sum")[i // 10 % 2]
+        c = float(10 ** (-4 + 3 * torch.rand(1, generator=gen).item()))
+        hp = derive(batch_size=bs, reduction=red, optimizer=opt, lr_per_sample=c)
+        loss = 0.1 + (torch.log10(torch.tensor(c)).item() + 2.5) ** 2 + 0.05 * torch.rand(1, generator=gen).item()
+        run = client.create_run(experiment, run_name=f"t{i}", tags={PARENT_TAG: parent, m.TAG_ROLE: "trial",
+                                                                     m.TAG_TRIAL_ID: f"t{i}"})
+        now = int(time.time() * 1000)
+        client.log_batch(run.info.run_id,
+                         params=[Param(k, str(v)) for k, v in hp.as_config().items() if k in m.PARAMS],
+                         metrics=[Metric(m.VAL_LOSS, loss, now, 14370), Metric(m.SAMPLES_SEEN, 14370, now, 14370),
+                                  Metric(m.VAL_ACCURACY, 1 - loss / 5, now, 14370)],
+                         tags=[RunTag(m.TAG_DIVERGED, "false"), RunTag(m.TAG_STOPPED_EARLY, "false")])
+        client.set_terminated(run.info.run_id, "FINISHED")
+    generate = time.perf_counter() - start
+    start = time.perf_counter()
+    export_sweep(spec.name, uri, store / "exports", parent)
+    took = time.perf_counter() - start
+    return Result(f"analysis and export over {n:,} trial runs", f"{took:.1f} s", "<= 10 s",
+                  took <= 10 if not quick else None, {"runs": n, "export_s": round(took, 2),
+                                                      "generate_s": round(generate, 1)})
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def to_markdown(results: list[Result], command: str, seconds: float, quick: bool) -> str:
+    import mlflow
+    import optuna
+    import ray
+
+    lines = [
+        "# Benchmarks" + (" (quick, toy sizes: figures not meaningful)" if quick else ""),
+        "",
+        f"Command: `{command}` ({seconds / 60:.1f} min). Machine: {machine()}. "
+        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}. torch {torch.__version__}, ray {ray.__version__}, "
+        f"mlflow {mlflow.__version__}, optuna {optuna.__version__}.",
+        "",
+        "| measurement | figure | goal | met |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(f"| {r.name} | {r.figure} | {r.goal} | {met} |")
+    lines += ["", "## Details", ""]
+    for r in results:
+        lines += [f"### {r.name}", "", "```", *(f"{k}: {v}" for k, v in r.detail.items()), "```", ""]
+    return "\n".join(lines)
+
+
+def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
+    import ray
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="samplewise-bench-") as tmp:
+        store = Path(tmp)
+        results = [bench_training_loop(quick)]
+        started_ray = not ray.is_initialized()  # the test session may have one running already
+        if started_ray:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        try:
+            orchestration, memory = bench_orchestration(quick, store)
+            results += [orchestration, bench_search(quick, store), bench_tracking(quick, store)]
+        finally:
+            if started_ray:
+                ray.shutdown()
+        results += [bench_export(quick, store), memory]
+    out.write_text(to_markdown(results, command, time.perf_counter() - started, quick))
+    return results

@@ -1,0 +1,15 @@
+"""make bench-quick as a smoke run: every measurement runs at toy size and reports.
+
+Never a timed assertion: the figures of a quick run on a shared machine mean nothing."""
+
+from services import cli
+
+
+def test_bench_quick_runs_every_measurement(tmp_path, capsys):
+    out = tmp_path / "BENCHMARKS-quick.md"
+    assert cli.main(["bench", "--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    for name in ("training loop vs DataLoader loop", "orchestration", "search efficiency", "tracking overhead",
+                 "analysis and export over 50 trial runs", "peak memory per trial worker"):
+        assert name in text, name
+    assert "Machine:" in text and "Command: `make bench-quick`" in text

@@ -10,6 +10,9 @@ MLflow is imported lazily: importing samplewise does not import MLflow.
 from __future__ import annotations
 
 import json
+import queue
+import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -100,8 +103,45 @@ def error_summary(trial) -> str:
     return (lines[-1] if lines else "trial failed")[:500]
 
 
+class _Writer:
+    """Runs MLflow writes in order on one background thread, so Tune's event loop (and with it
+    every trial waiting on its report) never waits on the tracking store."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+
+    def submit(self, fn, *args) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="samplewise-mlflow-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((fn, args))
+
+    def flush(self) -> None:
+        if self._thread is not None:
+            self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            fn, args = self._queue.get()
+            try:
+                fn(*args)
+            except Exception as err:  # a lost write must not kill the sweep; say so once per kind
+                self.failures += 1
+                if self.failures == 1:
+                    print(f"samplewise: warning: MLflow write failed ({type(err).__name__}: {err}); "
+                          "the sweep goes on", file=sys.stderr)
+            finally:
+                self._queue.task_done()
+
+
 class MlflowTracker(tune.Callback):
-    """Writes every trial of one sweep to MLflow as a child run of ``parent_run_id``."""
+    """Writes every trial of one sweep to MLflow as a child run of ``parent_run_id``.
+
+    Callbacks copy what they need from the trial and hand the write to a background writer;
+    :meth:`close` waits until everything is written.
+    """
 
     def __init__(
         self, tracking_uri: str, experiment_id: str, parent_run_id: str, spec: "SweepSpec", budget_samples: int
@@ -121,14 +161,16 @@ class MlflowTracker(tune.Callback):
         self._last_step: dict[str, int] = {}  # run id -> last samples_seen logged
         self._node_tagged: set[str] = set()
         self._loaded = False
+        self._writer = _Writer()
 
     def __getstate__(self):
-        return dict(self.__dict__, _client=None)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_writer")}
 
     def __setstate__(self, state):
         # Tune pickles its callbacks into the experiment; a restored tracker reconnects and
         # reads the runs back from MLflow, the one record of what was already logged.
         self.__dict__.update(state)
+        self._client = None
         self._reset()
 
     def _load_existing(self) -> None:
@@ -159,76 +201,81 @@ class MlflowTracker(tune.Callback):
             self._client = client_for(self.tracking_uri)
         return self._client
 
-    def run_id(self, trial_id: str) -> str | None:
-        return self._runs.get(trial_id)
+    # -- writes, on the writer thread ---------------------------------------------------------
 
-    def _start(self, trial) -> str:
+    def _start(self, trial_id: str, config: dict) -> str:
         from mlflow.entities import Param
 
         self._load_existing()
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        config = dict(trial.config, workload=self.workload)
-        name = f"{config.get('optimizer')}-{config.get('reduction')}-B{config.get('batch_size')}-{trial.trial_id}"
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        config = dict(config, workload=self.workload)
+        name = f"{config.get('optimizer')}-{config.get('reduction')}-B{config.get('batch_size')}-{trial_id}"
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={
-                PARENT_TAG: self.parent_run_id,
-                m.TAG_SWEEP: self.sweep,
-                m.TAG_ROLE: "trial",
-                m.TAG_TRIAL_ID: trial.trial_id,
-            },
+            tags={PARENT_TAG: self.parent_run_id, m.TAG_SWEEP: self.sweep, m.TAG_ROLE: "trial", m.TAG_TRIAL_ID: trial_id},
         )
         params = [Param(key, str(config[key])) for key in m.PARAMS if key in config]
         self.client.log_batch(run.info.run_id, params=params)
-        self._runs[trial.trial_id] = run.info.run_id
+        self._runs[trial_id] = run.info.run_id
         self._open.add(run.info.run_id)
         return run.info.run_id
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._start(trial)
+    def _write_result(self, trial_id: str, config: dict, result: dict) -> None:
+        from mlflow.entities import Metric, RunTag
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
-
-        run_id = self._start(trial)
+        run_id = self._start(trial_id, config)
         step = int(result[m.SAMPLES_SEEN])
         if step <= self._last_step.get(run_id, -1):
             return  # logged before a resume rewound this trial to an older checkpoint
         self._last_step[run_id] = step
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(result[key]), now, step) for key in m.REPORTED if key in result]
-        self.client.log_batch(run_id, metrics=batch)
-        if result.get(m.DIVERGED):
-            self.client.set_tag(run_id, m.TAG_DIVERGED, "true")
+        metrics = [Metric(key, float(result[key]), now, step) for key in m.REPORTED if key in result]
+        tags = [RunTag(m.TAG_DIVERGED, "true")] if result.get(m.DIVERGED) else []
         if m.NODE_ID in result and run_id not in self._node_tagged:
-            self.client.set_tag(run_id, m.TAG_NODE_ID, str(result[m.NODE_ID]))
+            tags.append(RunTag(m.TAG_NODE_ID, str(result[m.NODE_ID])))
             self._node_tagged.add(run_id)
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)  # one call per result
 
-    def _end(self, trial, status: str, tags: dict[str, str]) -> None:
-        run_id = self._start(trial)
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+    def _write_end(self, trial_id: str, config: dict, status: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        run_id = self._start(trial_id, config)
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         if run_id in self._open:
             self.client.set_terminated(run_id, status=status)
             self._open.discard(run_id)
+
+    def _write_close(self, status: str) -> None:
+        self._load_existing()
+        for run_id in list(self._open):
+            self.client.set_terminated(run_id, status=status)
+            self._open.discard(run_id)
+
+    # -- Tune callbacks, on Tune's loop: copy what is needed, queue the write -----------------
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._writer.submit(self._start, trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._writer.submit(self._write_result, trial.trial_id, dict(trial.config), dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         diverged = bool(last.get(m.DIVERGED))
         stopped = not diverged and last.get(m.SAMPLES_SEEN, 0) < self.budget_samples
-        self._end(trial, "FINISHED", {m.TAG_DIVERGED: str(diverged).lower(), m.TAG_STOPPED_EARLY: str(stopped).lower()})
+        tags = {m.TAG_DIVERGED: str(diverged).lower(), m.TAG_STOPPED_EARLY: str(stopped).lower()}
+        self._writer.submit(self._write_end, trial.trial_id, dict(trial.config), "FINISHED", tags)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "FAILED", {m.TAG_ERROR: error_summary(trial)})
+        tags = {m.TAG_ERROR: error_summary(trial)}
+        self._writer.submit(self._write_end, trial.trial_id, dict(trial.config), "FAILED", tags)
 
     def on_experiment_end(self, trials, **info):
         self.close("KILLED")
 
     def close(self, status: str = "KILLED") -> None:
-        """Mark every trial run still open (the sweep stopped under it) with ``status``."""
-        self._load_existing()
-        for run_id in list(self._open):
-            self.client.set_terminated(run_id, status=status)
-            self._open.discard(run_id)
+        """Write everything queued, then mark every trial run still open with ``status``."""
+        self._writer.submit(self._write_close, status)
+        self._writer.flush()

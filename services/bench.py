@@ -131,6 +131,7 @@ def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result]:
 
     trials = 2 if quick else 8
     probe = _spec("bench_probe", 1, 1)
+    _bare_trial((probe, _configs(probe)[0]))  # data generation and first-call costs, untimed
     per_epoch = _bare_trial((probe, _configs(probe)[0]))
     epochs = 1 if quick else max(1, round(10.0 / per_epoch))  # trials of about 10 s
     spec = _spec("bench_orchestration", epochs, trials)
@@ -180,17 +181,17 @@ def _search_spec(name: str, tied: bool, seed: int, quick: bool):
     })
 
 
-def _time_to_target(client, outcome, target: float) -> tuple[float, float]:
-    """(samples trained, wall seconds) until the first trial at or below ``target``; a sweep
-    that never gets there counts all it trained and all its time (a censored, optimistic figure)."""
+def _time_to_target(client, outcome, target: float) -> tuple[float, float, bool]:
+    """(samples trained, wall seconds, reached) until the first trial at or below ``target``; a
+    sweep that never gets there counts all it trained and all its time (censored: optimistic)."""
     parent = client.get_run(outcome.parent_run_id)
     runs = client.search_runs([outcome.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
     samples = 0.0
     for run in sorted(runs, key=lambda r: r.info.end_time or 0):
         samples += run.data.metrics.get(m.SAMPLES_SEEN, 0)
         if run.data.metrics.get(m.VAL_LOSS, float("inf")) <= target and run.data.tags.get(m.TAG_DIVERGED) != "true":
-            return samples, (run.info.end_time - parent.info.start_time) / 1000
-    return samples, (max(r.info.end_time or 0 for r in runs) - parent.info.start_time) / 1000
+            return samples, (run.info.end_time - parent.info.start_time) / 1000, True
+    return samples, (max(r.info.end_time or 0 for r in runs) - parent.info.start_time) / 1000, False
 
 
 def bench_search(quick: bool, store: Path) -> Result:
@@ -212,10 +213,13 @@ def bench_search(quick: bool, store: Path) -> Result:
         hits = {kind: _time_to_target(client, o, best * 1.01) for kind, o in outcomes.items()}
         per_seed.append({"seed": seed, "best_val_loss": round(best, 4),
                          **{f"{k}_samples": v[0] for k, v in hits.items()},
-                         **{f"{k}_wall_s": round(v[1], 1) for k, v in hits.items()}})
+                         **{f"{k}_wall_s": round(v[1], 1) for k, v in hits.items()},
+                         **{f"{k}_reached": v[2] for k, v in hits.items()}})
     med = {key: statistics.median(s[key] for s in per_seed)
            for key in ("tied_samples", "untied_samples", "tied_wall_s", "untied_wall_s")}
     ratio = med["tied_samples"] / med["untied_samples"]
+    med["untied_never_reached"] = sum(not s["untied_reached"] for s in per_seed)
+    med["tied_never_reached"] = sum(not s["tied_reached"] for s in per_seed)
     return Result("search efficiency (tied TPE + ASHA vs untied random, samples to within 1% of best)",
                   f"{ratio:.2f}x the samples, {med['tied_wall_s']:.0f} s vs {med['untied_wall_s']:.0f} s (medians)",
                   "<= 0.25x the samples", ratio <= 0.25 if not quick else None,

@@ -1,4 +1,5 @@
-"""The ``samplewise`` command line; the make targets call it.
+"""The ``samplewise`` command line; the make targets call it. The commands for the local
+services (up, down, status, logs, ui, ui-check) live in :mod:`services.cli_local`.
 
 Input problems (bad spec, bad export, bad flag) print one line and exit with status 2
 before anything starts; an unusable tracking store exits with status 1.
@@ -7,16 +8,13 @@ before anything starts; an unusable tracking store exits with status 1.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
-from services import paths
-from services.errors import ENVIRONMENT_ERRORS, USAGE_ERRORS, SpecError
+from services import cli_local, paths
+from services.errors import ENVIRONMENT_ERRORS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, USAGE_ERRORS, SpecError
 from services.spec import load_spec
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,34 +50,9 @@ def _summary(outcome, args) -> int:
     return EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK
 
 
-def _detach(args, spec) -> int | None:
-    """While `make up` services run, submit the driver detached and follow its log.
-
-    Returns the driver's exit status, or None to run in this process instead.
-    """
-    from services import local
-
-    if args.foreground or args.tracking_uri or args.ray_address:
-        return None
-    services = local.running()
-    if not {"mlflow", "ray"} <= set(services):
-        return None
-    record = local.submit_detached(args.command, args.spec, spec.name, spec.num_trials, services)
-    print(f"{args.command} {spec.name}: detached driver pid {record['pid']} on Ray {services['ray']['address']}, "
-          f"MLflow {services['mlflow']['url']}; log {record['log']}\n"
-          f"(Ctrl-C stops following, not the sweep; follow again with: make logs SWEEP={args.spec})", flush=True)
-    try:
-        local.follow(Path(record["log"]), record["pid"])
-    except KeyboardInterrupt:
-        print(f"\nstopped following; {spec.name} goes on (pid {record['pid']})")
-        return EXIT_OK
-    _, status = os.waitpid(record["pid"], 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def cmd_sweep(args) -> int:
     spec = _load_checked(args.spec)
-    detached = _detach(args, spec)
+    detached = cli_local.detach(args, spec)
     if detached is not None:
         return detached
     from services import runner
@@ -91,7 +64,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_resume(args) -> int:
     spec = _load_checked(args.spec)
-    detached = _detach(args, spec)
+    detached = cli_local.detach(args, spec)
     if detached is not None:
         return detached
     from services import runner
@@ -172,125 +145,6 @@ def cmd_verify(args) -> int:
     return EXIT_OK if all(r.passed for r in rows) else EXIT_FAILED
 
 
-def cmd_up(args) -> int:
-    from services import local
-
-    if args.host not in local.LOOPBACK:
-        print(f"samplewise: warning: binding {args.host}: anyone who can reach this machine can read and "
-              "change your runs and submit jobs to Ray", file=sys.stderr)
-    record = local.up(args.host, args.mlflow_port, args.ray_port, args.num_cpus)
-    print(f"MLflow server  {record['mlflow']['url']}  (pid {record['mlflow']['pid']}, store {record['mlflow']['store']})")
-    print(f"Ray head       {record['ray']['address']}  (pid {record['ray']['pid']})")
-    print("sweeps now run against these, detached; make status shows them, make down stops them")
-    return EXIT_OK
-
-
-def cmd_down(args) -> int:
-    from services import local
-
-    stopped = local.down()
-    print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
-    return EXIT_OK
-
-
-def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
-    from services import export, tracking
-
-    try:
-        client = tracking.client_for(uri)
-        parent = export.find_parent_run(client, sweep)
-        runs = export.load_records(client, parent)
-    except Exception as err:  # status must print whatever it can
-        return f"trials unknown ({str(err).splitlines()[0][:80]})"
-    states = [r.status for r in runs]
-    return (f"{states.count('FINISHED')} finished, {states.count('RUNNING')} running, "
-            f"{states.count('FAILED')} failed" + (f" of {total}" if total else ""))
-
-
-def cmd_status(args) -> int:
-    from services import local
-
-    services = local.running()
-    record = local.read_record()
-    for name, label in (("mlflow", "MLflow server"), ("ray", "Ray head")):
-        svc = services.get(name)
-        if svc:
-            where = svc.get("url") or svc.get("address")
-            print(f"{label:<14} running  {where}  (pid {svc['pid']})")
-        elif name in record:
-            print(f"{label:<14} stopped  (pid {record[name]['pid']} is gone; make down clears it)")
-        else:
-            print(f"{label:<14} not started (make up starts it)")
-    active = local.sweeps(active_only=True)
-    print(f"sweeps in progress: {len(active) or 'none'}")
-    for s in active:
-        since = time.strftime("%H:%M:%S", time.localtime(s["started"]))
-        print(f"  {s['sweep']:<20} pid {s['pid']}  since {since}  {_trial_counts(s['tracking_uri'], s['sweep'], s.get('num_trials'))}  log {s['log']}")
-    if not services:
-        print(f"sweeps run embedded: local Ray, MLflow {paths.tracking_uri()}")
-    return EXIT_OK
-
-
-def cmd_logs(args) -> int:
-    from services import local
-
-    spec = load_spec(args.spec)
-    records = [r for r in local.sweeps() if r["sweep"] == spec.name]
-    if not records:
-        raise SpecError(f"{args.spec}: no detached run of sweep {spec.name!r} (sweeps run detached while make up runs)")
-    newest = records[0]
-    if args.no_follow or not newest["alive"]:
-        print(Path(newest["log"]).read_text(errors="replace"), end="")
-        return EXIT_OK
-    try:
-        local.follow(Path(newest["log"]), newest["pid"])
-    except KeyboardInterrupt:
-        print()
-    return EXIT_OK
-
-
-def cmd_ui(args) -> int:
-    uri = args.tracking_uri or paths.tracking_uri()
-    if not uri.startswith("sqlite:"):
-        print(f"MLflow UI: {uri} (the tracking server's own UI; open it in a browser)")
-        return EXIT_OK
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"samplewise: warning: serving the MLflow UI on {args.host}: anyone who can reach it can "
-              "read and change every run", file=sys.stderr)
-    from services.local import ui_command
-
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
-    os.execv(sys.executable, ui_command(uri, args.host, args.port))
-    return EXIT_FAILED  # not reached
-
-
-def cmd_ui_check(args) -> int:
-    spec = load_spec(args.spec)
-    from services import export, local, tracking
-    from services.ui_check import check_runs_page
-
-    uri = args.tracking_uri or paths.tracking_uri()
-    client = tracking.client_for(uri)
-    parent = export.find_parent_run(client, spec.name)
-    children = [r.run_id for r in export.load_records(client, parent)]
-    out = Path(args.out or paths.state_dir() / "ui-check.png")
-    server = None
-    if uri.startswith("sqlite:"):
-        port = local.free_port()
-        server = local.serve_ui(uri, port)
-        ui_url = f"http://127.0.0.1:{port}"
-    else:
-        ui_url = uri
-    try:
-        shown = check_runs_page(ui_url, parent.info.experiment_id, parent.info.run_id, children, out)
-    finally:
-        if server is not None:
-            local.stop(server)
-    print(f"ui-check: {ui_url} shows parent run {parent.info.run_id} ({spec.name}) with {shown} of its "
-          f"{len(children)} child runs; screenshot {out}")
-    return EXIT_OK
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="samplewise", description="Sweep batch size x LR per sample on Ray Tune, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -318,28 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any trial failed")
     p.add_argument("--foreground", action="store_true", help="run the driver here even while make up runs")
     p.set_defaults(func=cmd_resume)
-
-    p = sub.add_parser("up", help="start a local MLflow server and Ray head in the background",
-                       description="Start an MLflow tracking server (SQLite store under .samplewise/server) and a "
-                                   "Ray head node, bound to 127.0.0.1 unless --host says otherwise.")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--mlflow-port", type=int, default=5000)
-    p.add_argument("--ray-port", type=int, default=6379)
-    p.add_argument("--num-cpus", type=int, help="CPUs the Ray head offers (default: all)")
-    p.set_defaults(func=cmd_up)
-
-    p = sub.add_parser("down", help="stop what up started", description="Stop exactly the processes up started.")
-    p.set_defaults(func=cmd_down)
-
-    p = sub.add_parser("status", help="show local services and sweeps in progress",
-                       description="Show the services up started and the detached sweeps in progress.")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("logs", help="follow a detached sweep's log", description="Print and follow the newest "
-                       "detached driver log of a sweep until it ends.")
-    p.add_argument("spec", help="the sweep's spec")
-    p.add_argument("--no-follow", action="store_true", help="print the log and exit")
-    p.set_defaults(func=cmd_logs)
 
     p = with_store(sub.add_parser("export", help="export the tuned LR-per-sample constants",
                                   description="Read a sweep back from MLflow and write exports/<sweep>.json and .yaml."))
@@ -381,18 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10)
     p.set_defaults(func=cmd_verify)
 
-    p = with_store(sub.add_parser("ui", help="serve the MLflow UI on the local store",
-                                  description="Serve the MLflow UI for the local SQLite store."))
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000)
-    p.set_defaults(func=cmd_ui)
+    cli_local.add_commands(sub, with_store)
 
-    p = with_store(sub.add_parser("ui-check", help="check the MLflow UI in headless Chromium",
-                                  description="Serve the MLflow UI, open the sweep's runs page in headless Chromium, "
-                                              "expand its parent run, find its child runs and save a screenshot."))
-    p.add_argument("spec", help="the sweep's spec")
-    p.add_argument("--out", help="screenshot path (default .samplewise/ui-check.png)")
-    p.set_defaults(func=cmd_ui_check)
     return parser
 
 

@@ -26,5 +26,8 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names the URI."""
 
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+"""Exit statuses: success; a failed run or an environment problem; bad input."""
+
 USAGE_ERRORS = (SpecError, ExportError, ResumeError)
 ENVIRONMENT_ERRORS = (TrackingError, ServiceError)

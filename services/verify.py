@@ -77,13 +77,13 @@ def pairs(batch_size: int) -> list[tuple[str, bool, TrialHParams, TrialHParams]]
         (f"SGD  sum(eta) vs mean(B*eta), B={B}", True, sgd_sum, sgd_mean),
         (f"momentum SGD  sum(eta) vs mean(B*eta), B={B}", True, mom_sum, mom_mean),
         (f"Adam  sum(eps={LARGE_EPS:g}) vs mean(eps/B)", True, adam_sum, adam_mean),
-        (f"SGD coupled L2  sum(lambda*B) vs mean(lambda)", True, l2_sum, l2_mean),
-        (f"AdamW  sum vs mean (decoupled decay, eps*B)", True, adamw_sum, adamw_mean),
+        ("SGD coupled L2  sum(lambda*B) vs mean(lambda)", True, l2_sum, l2_mean),
+        ("AdamW  sum vs mean (decoupled decay, eps*B)", True, adamw_sum, adamw_mean),
         # controls: what the rules forbid must differ, or the check could not fail
-        (f"control: SGD  sum(B*eta) vs mean(B*eta)", False, same(sgd_sum, lr=sgd_mean.lr), sgd_mean),
+        ("control: SGD  sum(B*eta) vs mean(B*eta)", False, same(sgd_sum, lr=sgd_mean.lr), sgd_mean),
         (f"control: Adam  sum(eps={LARGE_EPS:g}) vs mean(eps={LARGE_EPS:g})", False,
          adam_sum, same(adam_mean, eps=adam_sum.eps)),
-        (f"control: SGD coupled L2  sum(lambda) vs mean(lambda)", False,
+        ("control: SGD coupled L2  sum(lambda) vs mean(lambda)", False,
          same(l2_sum, weight_decay=l2_mean.weight_decay), l2_mean),
     ]
 

@@ -1,7 +1,5 @@
 """make verify: the equivalence table passes, and fails when a rule is broken."""
 
-import pytest
-
 from search_spaces import scaling
 from services import cli
 from services.verify import verify

@@ -50,7 +50,8 @@ def _summary(outcome, args) -> int:
     return EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK
 
 
-def cmd_sweep(args) -> int:
+def cmd_drive(args) -> int:
+    """sweep and resume: detached while `make up` runs, else the driver runs here."""
     spec = _load_checked(args.spec)
     detached = cli_local.detach(args, spec)
     if detached is not None:
@@ -58,19 +59,10 @@ def cmd_sweep(args) -> int:
     from services import runner
 
     uri = args.tracking_uri or paths.tracking_uri()
-    outcome = runner.run_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
-    return _summary(outcome, args)
-
-
-def cmd_resume(args) -> int:
-    spec = _load_checked(args.spec)
-    detached = cli_local.detach(args, spec)
-    if detached is not None:
-        return detached
-    from services import runner
-
-    uri = args.tracking_uri or paths.tracking_uri()
-    outcome = runner.resume_sweep(spec, tracking_uri=uri, ray_address=args.ray_address)
+    if args.command == "resume":
+        outcome = runner.resume_sweep(spec, tracking_uri=uri, ray_address=args.ray_address)
+    else:
+        outcome = runner.run_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
     return _summary(outcome, args)
 
 
@@ -157,21 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="path to a sweeps/*.yaml spec")
     p.set_defaults(func=cmd_validate)
 
-    p = with_store(sub.add_parser("sweep", help="run a sweep", description="Run a sweep on Ray Tune, tracked in MLflow."))
-    p.add_argument("spec", help="path to a sweeps/*.yaml spec")
-    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any trial failed")
-    p.add_argument("--foreground", action="store_true", help="run the driver here even while make up runs")
-    p.set_defaults(func=cmd_sweep)
-
-    p = with_store(sub.add_parser("resume", help="continue a sweep whose driver died",
-                                  description="Continue the newest submission of a sweep with Tuner.restore: "
-                                              "finished trials are kept, unfinished ones continue."))
-    p.add_argument("spec", help="the sweep's spec")
-    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any trial failed")
-    p.add_argument("--foreground", action="store_true", help="run the driver here even while make up runs")
-    p.set_defaults(func=cmd_resume)
+    for name, help_text, description in (
+        ("sweep", "run a sweep", "Run a sweep on Ray Tune, tracked in MLflow."),
+        ("resume", "continue a sweep whose driver died", "Continue the newest submission of a sweep with "
+                                                          "Tuner.restore: finished trials are kept, unfinished ones continue."),
+    ):
+        p = with_store(sub.add_parser(name, help=help_text, description=description))
+        p.add_argument("spec", help="path to a sweeps/*.yaml spec")
+        p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+        p.add_argument("--strict", action="store_true", help="exit 1 if any trial failed")
+        p.add_argument("--foreground", action="store_true", help="run the driver here even while make up runs")
+        p.set_defaults(func=cmd_drive)
 
     p = with_store(sub.add_parser("export", help="export the tuned LR-per-sample constants",
                                   description="Read a sweep back from MLflow and write exports/<sweep>.json and .yaml."))

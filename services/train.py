@@ -150,13 +150,16 @@ def run_trial(
     threshold = budget.divergence_factor * max(initial_loss, 1e-12)
     next_report = (samples // budget.interval_samples + 1) * budget.interval_samples
 
+    # a constant schedule without warmup never changes: ask it once, not on every step
+    static = schedule.kind == "constant" and not schedule.warmup_samples
     current = None
     running = torch.zeros((), device=device)
     interval_start, interval_samples = time.perf_counter(), 0
     last: dict = {}
     while samples < total:
-        bs, scale = batch_and_lr(schedule, hp.batch_size, n, samples, total, history)
-        bs = min(bs, n)
+        if current is None or not static:
+            bs, scale = batch_and_lr(schedule, hp.batch_size, n, samples, total, history)
+            bs = min(bs, n)
         if (bs, scale) != current:
             _apply(optimizer, hp, optimizer_settings(hp, bs, scale))
             current = (bs, scale)

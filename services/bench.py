@@ -63,6 +63,29 @@ def _dataloader_loop(workload, hp: TrialHParams, samples: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def _step_ceiling(workload, hp: TrialHParams, samples: int) -> float:
+    """The limit of any eager loop: forward, backward and step on contiguous slices of data
+    permuted once, with no metrics, no evaluation and no data handling per step."""
+    from services.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = workload.model_fn()
+    optimizer = make_optimizer(model, hp)
+    perm = torch.randperm(workload.n_train)
+    x_all, y_all = workload.x_train[perm], workload.y_train[perm]
+    bs, n = hp.batch_size, workload.n_train
+    seen, pos, start = 0, 0, time.perf_counter()
+    while seen < samples:
+        if pos + bs > n:
+            pos = 0
+        loss = torch.nn.functional.cross_entropy(model(x_all[pos : pos + bs]), y_all[pos : pos + bs])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        pos, seen = pos + bs, seen + bs
+    return seen / (time.perf_counter() - start)
+
+
 def _our_loop(workload, hp: TrialHParams, samples: int) -> float:
     from services.train import Budget, run_trial
 
@@ -82,12 +105,18 @@ def bench_training_loop(quick: bool) -> Result:
     _our_loop(workload, warm, 2_000), _dataloader_loop(workload, warm, 2_000)  # first-call costs, untimed
     for bs in (16, 64, 256):
         hp = derive(batch_size=bs, reduction="mean", optimizer="sgd", lr_per_sample=1e-3)
-        ours = statistics.median(_our_loop(workload, hp, samples) for _ in range(1 if quick else 3))
-        theirs = statistics.median(_dataloader_loop(workload, hp, samples) for _ in range(1 if quick else 3))
+        runs: dict[str, list[float]] = {"ours": [], "theirs": [], "ceiling": []}
+        for _ in range(1 if quick else 3):  # interleaved, so drift on a shared machine hits all three
+            runs["ours"].append(_our_loop(workload, hp, samples))
+            runs["theirs"].append(_dataloader_loop(workload, hp, samples))
+            runs["ceiling"].append(_step_ceiling(workload, hp, samples))
+        ours, theirs, ceiling = (statistics.median(runs[k]) for k in ("ours", "theirs", "ceiling"))
         rows[bs] = {"samplewise_samples_per_s": round(ours), "dataloader_samples_per_s": round(theirs),
-                    "ratio": round(ours / theirs, 2)}
+                    "ratio": round(ours / theirs, 2), "ceiling_samples_per_s": round(ceiling),
+                    "ceiling_vs_dataloader": round(ceiling / theirs, 2), "samplewise_of_ceiling": round(ours / ceiling, 2)}
     worst = min(r["ratio"] for r in rows.values())
-    figure = ", ".join(f"B={b}: {r['ratio']}x" for b, r in rows.items())
+    figure = ", ".join(f"B={b}: {r['ratio']}x" for b, r in rows.items()) + " (eager-step ceiling: " + ", ".join(
+        f"{r['ceiling_vs_dataloader']}x" for r in rows.values()) + ")"
     return Result("training loop vs DataLoader loop", figure, ">= 3x", worst >= 3, rows)
 
 
@@ -173,7 +202,9 @@ def _search_spec(name: str, tied: bool, seed: int, quick: bool):
         space.update(lr_per_sample={"low": 1e-3, "high": 10.0}, rules={"sgd": "none"})
     return parse_spec({
         "name": name, "workload": {"name": "digits_mlp", "params": {"hidden": 64}},
-        "searcher": {"kind": "tpe" if tied else "random", "num_trials": 4 if quick else 40,
+        # untied random search gets 3x the trials: with 40 it missed the target in every seed, and a
+        # sweep that never reaches it is counted with all it trained (an optimistic, censored figure)
+        "searcher": {"kind": "tpe" if tied else "random", "num_trials": 4 if quick else (40 if tied else 120),
                      "max_concurrent": 2, "seed": seed},
         "space": space, "budget": {"epochs": 2 if quick else 10},
         "asha": {"enabled": tied, "grace_period_samples": 1437 if quick else 2874},
@@ -220,8 +251,11 @@ def bench_search(quick: bool, store: Path) -> Result:
     ratio = med["tied_samples"] / med["untied_samples"]
     med["untied_never_reached"] = sum(not s["untied_reached"] for s in per_seed)
     med["tied_never_reached"] = sum(not s["tied_reached"] for s in per_seed)
+    censored = (f"; untied never reached the target in {med['untied_never_reached']} of {len(per_seed)} seeds, "
+                "so the ratio is an upper bound") if med["untied_never_reached"] else ""
     return Result("search efficiency (tied TPE + ASHA vs untied random, samples to within 1% of best)",
-                  f"{ratio:.2f}x the samples, {med['tied_wall_s']:.0f} s vs {med['untied_wall_s']:.0f} s (medians)",
+                  f"{ratio:.2f}x the samples, {med['tied_wall_s']:.0f} s vs {med['untied_wall_s']:.0f} s (medians)"
+                  + censored,
                   "<= 0.25x the samples", ratio <= 0.25 if not quick else None,
                   {"median": med, "per_seed": per_seed})
 

@@ -143,20 +143,14 @@ def make_trainable(spec: SweepSpec):
     return tune.with_resources(tune.with_parameters(tune_trainable, spec=spec), trial_resources(spec))
 
 
-def _fit(tuner: tune.Tuner, client, parent: str, tracker=None):
-    """Run the tuner; mark the parent run FINISHED, or KILLED if the driver is interrupted."""
+def _fit(tuner: tune.Tuner, finish):
+    """Run the tuner, then ``finish("FINISHED")``; ``finish("KILLED")`` if the driver is interrupted."""
     try:
         results = tuner.fit()
     except BaseException:
-        if tracker is not None:
-            tracker.close("KILLED")
-        if client is not None:
-            client.set_terminated(parent, status="KILLED")
+        finish("KILLED")
         raise
-    if tracker is not None:
-        tracker.close("KILLED")
-    if client is not None:
-        client.set_terminated(parent, status="FINISHED")
+    finish("FINISHED")
     return results
 
 
@@ -178,26 +172,24 @@ def run_sweep(
     uri = tracking_uri or paths.tracking_uri()
     if track:
         tracking.check_store(uri)
-        client = tracking.client_for(uri)
-        experiment_id = tracking.ensure_experiment(client, spec.name, paths.artifact_location(uri, spec.name))
     n_train = workloads.load(spec.workload).n_train
     budget_samples = spec.budget.total_samples(n_train)
 
     started = init_ray(ray_address if ray_address is not None else paths.ray_address())
+    tracker = None
     try:
         run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         storage = storage_path or paths.storage_path()
-        if track:
-            parent = tracking.start_parent_run(client, experiment_id, spec, spec_path)
-            client.set_tag(parent, m.TAG_BUDGET_SAMPLES, str(budget_samples))
-            client.set_tag(parent, m.TAG_RAY_RUN, f"{storage}/{run_name}")
-            tracker = tracking.MlflowTracker(uri, experiment_id, parent, spec, budget_samples)
-        else:
-            parent, experiment_id, client, tracker = "", "", None, None
+        if track:  # opens the store on its own thread while Tune starts the trials
+            tracker = tracking.MlflowTracker(
+                uri, spec, budget_samples, spec_path=spec_path,
+                artifact_location=paths.artifact_location(uri, spec.name),
+                parent_tags={m.TAG_BUDGET_SAMPLES: str(budget_samples), m.TAG_RAY_RUN: f"{storage}/{run_name}"},
+            )
         stream.write(
             f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.name}, "
             f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}; "
-            f"MLflow {uri} (parent run {parent})\n"
+            + (f"MLflow {uri}\n" if track else "MLflow off\n")
         )
         stream.flush()
         _snapshot_period(spec)
@@ -220,8 +212,14 @@ def run_sweep(
                 verbose=0,
             ),
         )
-        results = _fit(tuner, client, parent, tracker)
-        return SweepOutcome(parent, experiment_id, uri, f"{storage}/{run_name}", results.num_errors)
+        try:
+            results = _fit(tuner, tracker.finish if tracker else lambda status: None)
+        except Exception:
+            if tracker is not None and tracker.error is not None:
+                raise tracker.error from None  # the store never opened: that, not Tune's wrapper
+            raise
+        return SweepOutcome(tracker.parent_run_id if tracker else "", tracker.experiment_id if tracker else "",
+                            uri, f"{storage}/{run_name}", results.num_errors)
     finally:
         if started:
             ray.shutdown()
@@ -262,7 +260,7 @@ def resume_sweep(
         client.update_run(parent.info.run_id, status="RUNNING")
         _snapshot_period(spec)
         tuner = tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True)
-        results = _fit(tuner, client, parent.info.run_id)
+        results = _fit(tuner, lambda status: client.set_terminated(parent.info.run_id, status=status))
         return SweepOutcome(parent.info.run_id, parent.info.experiment_id, uri, path, results.num_errors)
     finally:
         if started:

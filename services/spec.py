@@ -101,13 +101,20 @@ class SpaceSpec(_Frozen):
         return self.rules.get(optimizer, DEFAULT_RULE[optimizer])
 
 
+DEFAULT_MAX_REPORTS = 20
+"""Reports per trial at most, unless ``report_every_samples`` asks for more: enough points
+for a learning curve and for ASHA's rungs."""
+
+
 class BudgetSpec(_Frozen):
     epochs: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     """Training length per trial in passes over the training set (or give samples)."""
     samples: Optional[int] = Field(default=None, ge=1)
     """Training length per trial in samples; counts samples, never steps."""
     report_every_samples: Optional[int] = Field(default=None, ge=1)
-    """Samples between evaluations; default one epoch."""
+    """Samples between evaluations; default one epoch, or budget / 20 for trials of more than
+    20 epochs. Each report is an evaluation and a round trip through the Tune driver (about
+    10 ms on 2 busy cores), so on small datasets per-epoch reports cost more than they show."""
     divergence_factor: float = Field(default=5.0, gt=1, allow_inf_nan=False)
     """A trial whose loss exceeds this multiple of its initial loss is stopped as diverged."""
 
@@ -121,7 +128,9 @@ class BudgetSpec(_Frozen):
         return self.samples if self.samples is not None else math.ceil(self.epochs * n_train)
 
     def interval_samples(self, n_train: int) -> int:
-        return self.report_every_samples or n_train
+        if self.report_every_samples:
+            return self.report_every_samples
+        return max(n_train, math.ceil(self.total_samples(n_train) / DEFAULT_MAX_REPORTS))
 
 
 class AshaSpec(_Frozen):

@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ray import tune
@@ -105,11 +106,19 @@ def error_summary(trial) -> str:
 
 class _Writer:
     """Runs MLflow writes in order on one background thread, so Tune's event loop (and with it
-    every trial waiting on its report) never waits on the tracking store."""
+    every trial waiting on its report) never waits on the tracking store.
 
-    def __init__(self) -> None:
+    Writes may stage data instead of writing it (see :meth:`MlflowTracker._write_result`);
+    ``flush_staged`` writes what is staged once it is ``linger_s`` old. Each store write is a
+    transaction and, in the driver, holds the GIL that Tune's loop needs, so fast-reporting
+    trials get one ``log_batch`` per run per ``linger_s`` rather than one per report.
+    """
+
+    def __init__(self, flush_staged=None, linger_s: float = 0.0) -> None:
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._flush_staged = flush_staged
+        self.linger_s = linger_s
         self.failures = 0
 
     def submit(self, fn, *args) -> None:
@@ -122,55 +131,125 @@ class _Writer:
         if self._thread is not None:
             self._queue.join()
 
+    def _call(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as err:  # a lost write must not kill the sweep; say so once
+            self.failures += 1
+            if self.failures == 1:
+                print(f"samplewise: warning: MLflow write failed ({type(err).__name__}: {err}); "
+                      "the sweep goes on", file=sys.stderr)
+
     def _run(self) -> None:
+        deadline = None  # when what is staged must be written
         while True:
-            fn, args = self._queue.get()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                fn(*args)
-            except Exception as err:  # a lost write must not kill the sweep; say so once per kind
-                self.failures += 1
-                if self.failures == 1:
-                    print(f"samplewise: warning: MLflow write failed ({type(err).__name__}: {err}); "
-                          "the sweep goes on", file=sys.stderr)
-            finally:
-                self._queue.task_done()
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if deadline is not None and (item is None or time.monotonic() >= deadline):
+                self._call(self._flush_staged)
+                deadline = None
+            if item is None:
+                continue
+            fn, args = item
+            self._call(fn, *args)
+            self._queue.task_done()
+            if deadline is None and self._flush_staged is not None:
+                deadline = time.monotonic() + self.linger_s
+
+
+@dataclass
+class _Staged:
+    """One run's writes waiting for the next ``log_batch`` (MLflow takes at most 1000 metrics,
+    100 params and 100 tags per call)."""
+
+    metrics: list = field(default_factory=list)
+    params: list = field(default_factory=list)
+    tags: dict = field(default_factory=dict)  # key -> RunTag: the last value of a key wins
 
 
 class MlflowTracker(tune.Callback):
     """Writes every trial of one sweep to MLflow as a child run of ``parent_run_id``.
 
     Callbacks copy what they need from the trial and hand the write to a background writer;
-    :meth:`close` waits until everything is written.
+    :meth:`close` waits until everything is written. The writer's first job creates the
+    experiment and the parent run (``experiment_id``, ``parent_run_id``), so the store opens
+    while Tune starts; if it cannot, the next Tune step raises the :class:`TrackingError`.
     """
 
+    LINGER_S = 1.0
+    """Longest a reported metric waits before it is written (the MLflow UI lags by this much)."""
+
     def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, spec: "SweepSpec", budget_samples: int
+        self,
+        tracking_uri: str,
+        spec: "SweepSpec",
+        budget_samples: int,
+        *,
+        spec_path: str = "",
+        parent_tags: Mapping[str, str] | None = None,
+        artifact_location: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.budget_samples = budget_samples
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self.spec = spec
         self.sweep = spec.name
         self.workload = spec.workload.name
         self._client: "MlflowClient | None" = None
+        self._opened = threading.Event()
+        self.error: TrackingError | None = None
         self._reset()
+        # The store is opened on the writer thread while Tune starts its trial actors (importing
+        # MLflow's SQL store alone takes about 1.5 s; a new SQLite store needs its tables too).
+        self._writer.submit(self._open_store, spec_path, dict(parent_tags or {}), artifact_location)
+
+    def _open_store(self, spec_path: str, parent_tags: dict[str, str], artifact_location: str | None) -> None:
+        """Create (or find) the sweep's experiment and its parent run: the writer's first job."""
+        try:
+            self.experiment_id = ensure_experiment(self.client, self.sweep, artifact_location)
+            parent = start_parent_run(self.client, self.experiment_id, self.spec, spec_path)
+            for key, value in parent_tags.items():
+                self.client.set_tag(parent, key, value)
+            self.parent_run_id = parent
+        except TrackingError as err:
+            self.error = err
+        except Exception as err:  # the store took the experiment but not the run: same verdict
+            summary = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            self.error = TrackingError(f"MLflow tracking store {self.tracking_uri} is not usable: {summary}")
+        finally:
+            self._opened.set()
+
+    def wait_open(self) -> None:
+        """Block until the experiment and parent run exist; raise the store's error if they cannot."""
+        self._opened.wait()
+        if self.error is not None:
+            raise self.error
 
     def _reset(self) -> None:
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._open: set[str] = set()  # runs this tracker must still end
         self._last_step: dict[str, int] = {}  # run id -> last samples_seen logged
         self._node_tagged: set[str] = set()
+        self._staged: dict[str, dict[str, list]] = {}  # run id -> metrics, params, tags not yet written
         self._loaded = False
-        self._writer = _Writer()
+        self._writer = _Writer(self._write_staged, self.LINGER_S)
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_writer")}
+        self._opened.wait()  # a pickled tracker (Tune's experiment snapshot) must name its parent run
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_writer", "_opened", "error")}
 
     def __setstate__(self, state):
         # Tune pickles its callbacks into the experiment; a restored tracker reconnects and
         # reads the runs back from MLflow, the one record of what was already logged.
         self.__dict__.update(state)
         self._client = None
+        self._opened = threading.Event()
+        self._opened.set()
+        self.error = None
         self._reset()
 
     def _load_existing(self) -> None:
@@ -216,13 +295,13 @@ class MlflowTracker(tune.Callback):
             run_name=name,
             tags={PARENT_TAG: self.parent_run_id, m.TAG_SWEEP: self.sweep, m.TAG_ROLE: "trial", m.TAG_TRIAL_ID: trial_id},
         )
-        params = [Param(key, str(config[key])) for key in m.PARAMS if key in config]
-        self.client.log_batch(run.info.run_id, params=params)
+        self._stage(run.info.run_id).params.extend(Param(key, str(config[key])) for key in m.PARAMS if key in config)
         self._runs[trial_id] = run.info.run_id
         self._open.add(run.info.run_id)
         return run.info.run_id
 
     def _write_result(self, trial_id: str, config: dict, result: dict) -> None:
+        """Stage one result; :meth:`_write_staged` writes it within ``LINGER_S``."""
         from mlflow.entities import Metric, RunTag
 
         run_id = self._start(trial_id, config)
@@ -231,23 +310,41 @@ class MlflowTracker(tune.Callback):
             return  # logged before a resume rewound this trial to an older checkpoint
         self._last_step[run_id] = step
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(result[key]), now, step) for key in m.REPORTED if key in result]
-        tags = [RunTag(m.TAG_DIVERGED, "true")] if result.get(m.DIVERGED) else []
+        staged = self._stage(run_id)
+        staged.metrics.extend(Metric(key, float(result[key]), now, step) for key in m.REPORTED if key in result)
+        if result.get(m.DIVERGED):
+            staged.tags[m.TAG_DIVERGED] = RunTag(m.TAG_DIVERGED, "true")
         if m.NODE_ID in result and run_id not in self._node_tagged:
-            tags.append(RunTag(m.TAG_NODE_ID, str(result[m.NODE_ID])))
+            staged.tags[m.TAG_NODE_ID] = RunTag(m.TAG_NODE_ID, str(result[m.NODE_ID]))
             self._node_tagged.add(run_id)
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)  # one call per result
+
+    def _stage(self, run_id: str) -> "_Staged":
+        return self._staged.setdefault(run_id, _Staged())
+
+    def _write_staged(self, only: str | None = None) -> None:
+        """Write what is staged (for run ``only``, or for all): one ``log_batch`` per run, more
+        only past MLflow's per-call limits."""
+        for run_id in [only] if only else list(self._staged):
+            staged = self._staged.pop(run_id, None)
+            if staged is None:
+                continue
+            metrics, params, tags = staged.metrics, staged.params, list(staged.tags.values())
+            while metrics or params or tags:
+                self.client.log_batch(run_id, metrics=metrics[:900], params=params[:100], tags=tags[:100])
+                metrics, params, tags = metrics[900:], params[100:], tags[100:]
 
     def _write_end(self, trial_id: str, config: dict, status: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
         run_id = self._start(trial_id, config)
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._stage(run_id).tags.update((k, RunTag(k, v)) for k, v in tags.items())
+        self._write_staged(run_id)
         if run_id in self._open:
             self.client.set_terminated(run_id, status=status)
             self._open.discard(run_id)
 
     def _write_close(self, status: str) -> None:
+        self._write_staged()
         self._load_existing()
         for run_id in list(self._open):
             self.client.set_terminated(run_id, status=status)
@@ -255,27 +352,45 @@ class MlflowTracker(tune.Callback):
 
     # -- Tune callbacks, on Tune's loop: copy what is needed, queue the write -----------------
 
+    def _submit(self, fn, *args) -> None:
+        self._writer.submit(self._unless_failed, fn, *args)
+
+    def _unless_failed(self, fn, *args) -> None:
+        if self.error is None:  # with no experiment or parent run there is nothing to write to
+            fn(*args)
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.error is not None:  # the store could not be opened: stop before trials run untracked
+            raise self.error
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._writer.submit(self._start, trial.trial_id, dict(trial.config))
+        self._submit(self._start, trial.trial_id, dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._writer.submit(self._write_result, trial.trial_id, dict(trial.config), dict(result))
+        self._submit(self._write_result, trial.trial_id, dict(trial.config), dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         diverged = bool(last.get(m.DIVERGED))
         stopped = not diverged and last.get(m.SAMPLES_SEEN, 0) < self.budget_samples
         tags = {m.TAG_DIVERGED: str(diverged).lower(), m.TAG_STOPPED_EARLY: str(stopped).lower()}
-        self._writer.submit(self._write_end, trial.trial_id, dict(trial.config), "FINISHED", tags)
+        self._submit(self._write_end, trial.trial_id, dict(trial.config), "FINISHED", tags)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         tags = {m.TAG_ERROR: error_summary(trial)}
-        self._writer.submit(self._write_end, trial.trial_id, dict(trial.config), "FAILED", tags)
+        self._submit(self._write_end, trial.trial_id, dict(trial.config), "FAILED", tags)
 
     def on_experiment_end(self, trials, **info):
         self.close("KILLED")
 
     def close(self, status: str = "KILLED") -> None:
         """Write everything queued, then mark every trial run still open with ``status``."""
-        self._writer.submit(self._write_close, status)
+        self._submit(self._write_close, status)
         self._writer.flush()
+
+    def finish(self, status: str) -> None:
+        """End the submission: close every trial run (KILLED if still open), then mark the
+        parent run ``status``; raises the store's error if it could never be opened."""
+        self.close("KILLED")
+        self.wait_open()
+        self.client.set_terminated(self.parent_run_id, status=status)

@@ -136,3 +136,20 @@ def test_failing_trials_are_failed_runs_and_the_sweep_finishes(tmp_path, ray_ses
         assert child.info.status == "FAILED"
         assert "boom: model cannot be built" in child.data.tags[m.TAG_ERROR]
     assert capsys.readouterr().out.count("FAILED: ") == 2
+
+
+def test_an_unusable_store_stops_the_sweep_with_one_line(tmp_path, ray_session, monkeypatch, capsys):
+    """The store opens while Tune starts; when it cannot, the sweep stops with the store's error."""
+    import yaml
+
+    from tests.conftest import spec_dict
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not_a_dir").write_text("a file where the store's folder should be")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec_dict(name="nostore")))
+    uri = f"sqlite:///{tmp_path / 'not_a_dir' / 'mlflow.db'}"
+    status = cli.main(["sweep", "s.yaml", "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert f"MLflow tracking store {uri} is not usable" in err
+    assert "Traceback" not in err

@@ -8,6 +8,8 @@ Both files are also logged as artifacts of the sweep's parent run.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import time
@@ -84,20 +86,35 @@ SEARCH_PAGE = 50_000
 faster than ten pages of 1,000 (each page re-runs the query with an offset)."""
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause Python's cyclic garbage collector for a bulk read. MLflow's SQL store builds about
+    23 SQLAlchemy objects per run; with the collector on, its passes re-scan every live one
+    over and over, which took more than half of reading 10,000 runs (8 s against 3 s)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_records(client: "MlflowClient", parent: "Run") -> list[TrialRecord]:
     """Every trial (child run) of a sweep submission."""
     records, token = [], None
-    while True:
-        page = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
-            max_results=SEARCH_PAGE,
-            page_token=token,
-        )
-        records += [_record(run) for run in page]
-        token = page.token
-        if not token:
-            return records
+    with _gc_paused():
+        while True:
+            page = client.search_runs(
+                [parent.info.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+                max_results=SEARCH_PAGE,
+                page_token=token,
+            )
+            records += [_record(run) for run in page]
+            token = page.token
+            if not token:
+                return records
 
 
 def _group_doc(g: GroupSummary, spec_params: dict[str, str]) -> dict[str, Any]:

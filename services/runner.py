@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -143,15 +144,16 @@ def make_trainable(spec: SweepSpec):
     return tune.with_resources(tune.with_parameters(tune_trainable, spec=spec), trial_resources(spec))
 
 
-def _fit(tuner: tune.Tuner, finish):
-    """Run the tuner, then ``finish("FINISHED")``; ``finish("KILLED")`` if the driver is interrupted."""
+@contextlib.contextmanager
+def _submission(finish):
+    """``finish("FINISHED")`` when the block completes, ``finish("KILLED")`` when the driver is
+    interrupted or fails on the way (the trials' runs and the parent run are never left RUNNING)."""
     try:
-        results = tuner.fit()
+        yield
     except BaseException:
         finish("KILLED")
         raise
     finish("FINISHED")
-    return results
 
 
 def run_sweep(
@@ -174,55 +176,55 @@ def run_sweep(
         tracking.check_store(uri)
     n_train = workloads.load(spec.workload).n_train
     budget_samples = spec.budget.total_samples(n_train)
-
-    started = init_ray(ray_address if ray_address is not None else paths.ray_address())
+    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = storage_path or paths.storage_path()
     tracker = None
+    if track:  # opens the store on its own thread while Ray and the trial actors start
+        tracker = tracking.MlflowTracker(
+            uri, spec, budget_samples, spec_path=spec_path,
+            artifact_location=paths.artifact_location(uri, spec.name),
+            parent_tags={m.TAG_BUDGET_SAMPLES: str(budget_samples), m.TAG_RAY_RUN: f"{storage}/{run_name}"},
+        )
+    started = False
     try:
-        run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        storage = storage_path or paths.storage_path()
-        if track:  # opens the store on its own thread while Tune starts the trials
-            tracker = tracking.MlflowTracker(
-                uri, spec, budget_samples, spec_path=spec_path,
-                artifact_location=paths.artifact_location(uri, spec.name),
-                parent_tags={m.TAG_BUDGET_SAMPLES: str(budget_samples), m.TAG_RAY_RUN: f"{storage}/{run_name}"},
+        with _submission(tracker.finish if tracker else lambda status: None):
+            started = init_ray(ray_address if ray_address is not None else paths.ray_address())
+            stream.write(
+                f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.name}, "
+                f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}; "
+                + (f"MLflow {uri}\n" if track else "MLflow off\n")
             )
-        stream.write(
-            f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.name}, "
-            f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}; "
-            + (f"MLflow {uri}\n" if track else "MLflow off\n")
-        )
-        stream.flush()
-        _snapshot_period(spec)
-        tuner = tune.Tuner(
-            make_trainable(spec),
-            tune_config=tune.TuneConfig(
-                metric=m.OBJECTIVE,
-                mode=m.MODE,
-                search_alg=make_searcher(spec),
-                scheduler=make_scheduler(spec, budget_samples, spec.budget.interval_samples(n_train)),
-                num_samples=spec.num_trials,
-                max_concurrent_trials=spec.searcher.max_concurrent,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=run_name,
-                storage_path=storage,
-                callbacks=[c for c in (tracker, ProgressPrinter(spec.num_trials, budget_samples, stream)) if c],
-                failure_config=tune.FailureConfig(max_failures=spec.failures.max_retries),
-                verbose=0,
-            ),
-        )
-        try:
-            results = _fit(tuner, tracker.finish if tracker else lambda status: None)
-        except Exception:
-            if tracker is not None and tracker.error is not None:
-                raise tracker.error from None  # the store never opened: that, not Tune's wrapper
-            raise
-        return SweepOutcome(tracker.parent_run_id if tracker else "", tracker.experiment_id if tracker else "",
-                            uri, f"{storage}/{run_name}", results.num_errors)
+            stream.flush()
+            _snapshot_period(spec)
+            tuner = tune.Tuner(
+                make_trainable(spec),
+                tune_config=tune.TuneConfig(
+                    metric=m.OBJECTIVE,
+                    mode=m.MODE,
+                    search_alg=make_searcher(spec),
+                    scheduler=make_scheduler(spec, budget_samples, spec.budget.interval_samples(n_train)),
+                    num_samples=spec.num_trials,
+                    max_concurrent_trials=spec.searcher.max_concurrent,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=run_name,
+                    storage_path=storage,
+                    callbacks=[c for c in (tracker, ProgressPrinter(spec.num_trials, budget_samples, stream)) if c],
+                    failure_config=tune.FailureConfig(max_failures=spec.failures.max_retries),
+                    verbose=0,
+                ),
+            )
+            results = tuner.fit()
+    except Exception:
+        if tracker is not None and tracker.error is not None:
+            raise tracker.error from None  # the store never opened: that, not what it caused
+        raise
     finally:
         if started:
             ray.shutdown()
+    return SweepOutcome(tracker.parent_run_id if tracker else "", tracker.experiment_id if tracker else "",
+                        uri, f"{storage}/{run_name}", results.num_errors)
 
 
 def resume_sweep(
@@ -259,8 +261,9 @@ def resume_sweep(
         stream.flush()
         client.update_run(parent.info.run_id, status="RUNNING")
         _snapshot_period(spec)
-        tuner = tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True)
-        results = _fit(tuner, lambda status: client.set_terminated(parent.info.run_id, status=status))
+        with _submission(lambda status: client.set_terminated(parent.info.run_id, status=status)):
+            tuner = tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True)
+            results = tuner.fit()
         return SweepOutcome(parent.info.run_id, parent.info.experiment_id, uri, path, results.num_errors)
     finally:
         if started:

@@ -199,13 +199,14 @@ class MlflowTracker(tune.Callback):
         self.spec = spec
         self.sweep = spec.name
         self.workload = spec.workload.name
+        self._parent_tags = dict(parent_tags or {})
         self._client: "MlflowClient | None" = None
         self._opened = threading.Event()
         self.error: TrackingError | None = None
         self._reset()
-        # The store is opened on the writer thread while Tune starts its trial actors (importing
-        # MLflow's SQL store alone takes about 1.5 s; a new SQLite store needs its tables too).
-        self._writer.submit(self._open_store, spec_path, dict(parent_tags or {}), artifact_location)
+        # The store is opened on the writer thread while Ray and Tune start (importing MLflow's
+        # SQL store alone takes about 1.5 s; a new SQLite store needs its tables too: 2-4 s).
+        self._writer.submit(self._open_store, spec_path, self._parent_tags, artifact_location)
 
     def _open_store(self, spec_path: str, parent_tags: dict[str, str], artifact_location: str | None) -> None:
         """Create (or find) the sweep's experiment and its parent run: the writer's first job."""
@@ -238,13 +239,18 @@ class MlflowTracker(tune.Callback):
         self._loaded = False
         self._writer = _Writer(self._write_staged, self.LINGER_S)
 
+    _PICKLED = ("tracking_uri", "budget_samples", "experiment_id", "parent_run_id", "spec", "sweep", "workload",
+                "_parent_tags")
+
     def __getstate__(self):
-        self._opened.wait()  # a pickled tracker (Tune's experiment snapshot) must name its parent run
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_writer", "_opened", "error")}
+        # Tune pickles its callbacks inside ``Tuner()``, often before the store has opened: the
+        # ids may still be None here. They reach a restored tracker through :meth:`get_state`
+        # (Tune's experiment snapshots) or, failing that, :meth:`_find_parent`.
+        return {k: self.__dict__[k] for k in self._PICKLED}
 
     def __setstate__(self, state):
-        # Tune pickles its callbacks into the experiment; a restored tracker reconnects and
-        # reads the runs back from MLflow, the one record of what was already logged.
+        # a restored tracker reconnects and reads the runs back from MLflow, the one record of
+        # what was already logged
         self.__dict__.update(state)
         self._client = None
         self._opened = threading.Event()
@@ -252,11 +258,34 @@ class MlflowTracker(tune.Callback):
         self.error = None
         self._reset()
 
+    def get_state(self) -> dict | None:
+        """Tune saves this with every experiment snapshot and hands it to :meth:`set_state` on restore."""
+        if self.parent_run_id is None:
+            return None
+        return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id}
+
+    def set_state(self, state: dict) -> None:
+        self.experiment_id, self.parent_run_id = state["experiment_id"], state["parent_run_id"]
+
+    def _find_parent(self) -> None:
+        """A tracker restored from a pickle taken before its store opened finds its parent run
+        by the Ray run it belongs to (a tag unique to the submission)."""
+        ray_run = self._parent_tags.get(m.TAG_RAY_RUN)
+        experiment = self.client.get_experiment_by_name(self.sweep)
+        runs = [] if experiment is None or not ray_run else self.client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{m.TAG_RAY_RUN}` = '{ray_run}'", max_results=1)
+        if not runs:  # nothing to write to: stop the writes and, at Tune's next step, the sweep
+            self.error = TrackingError(f"sweep {self.sweep!r}: no MLflow parent run for Ray run {ray_run}")
+            raise self.error
+        self.experiment_id, self.parent_run_id = experiment.experiment_id, runs[0].info.run_id
+
     def _load_existing(self) -> None:
         """Adopt the child runs a previous driver of this sweep created (resume after a crash)."""
         if self._loaded:
             return
         self._loaded = True
+        if self.parent_run_id is None:
+            self._find_parent()
         token = None
         while True:
             page = self.client.search_runs(

@@ -40,16 +40,15 @@ def test_sigkill_mid_sweep_then_resume_keeps_one_run_per_trial(tmp_path):
     (tmp_path / "resume.yaml").write_text(yaml.safe_dump(SPEC))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = tmp_path / "driver.log"
+    client = MlflowClient(uri)
+    client.search_experiments()  # create the store's tables first: two processes must not both migrate it
     driver = _cli("sweep", "resume.yaml", "--tracking-uri", uri, cwd=tmp_path, log=log, start_new_session=True)
-    client, finished, deadline = None, [], time.monotonic() + 180
+    finished, deadline = [], time.monotonic() + 180
     try:
         while time.monotonic() < deadline and len(finished) < 2:
             time.sleep(0.3)
-            if "sweep resumable:" in log.read_text():  # the driver is up; the store opens alongside Tune
-                client = client or MlflowClient(uri)
-                experiment = client.get_experiment_by_name("resumable")
-                if experiment is None:
-                    continue
+            experiment = client.get_experiment_by_name("resumable")
+            if experiment is not None:
                 finished = [r for r in _children(client, experiment.experiment_id) if r.info.status == "FINISHED"]
         assert len(finished) >= 2, "the sweep never got going"
     finally:

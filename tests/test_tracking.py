@@ -1,0 +1,68 @@
+"""The MLflow tracker against a real SQLite store: how a tracker that Tune pickled or
+snapshotted finds its sweep's parent run again after a driver restart."""
+
+import pickle
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from services import metrics as m
+from services.errors import TrackingError
+from services.spec import load_spec
+from services.tracking import PARENT_TAG, MlflowTracker
+from tests.conftest import SWEEPS
+
+CONFIG = {"optimizer": "sgd", "reduction": "mean", "batch_size": 32, "lr": 0.032, "lr_per_sample": 1e-3}
+
+
+def _tracker(uri: str, ray_run: str) -> MlflowTracker:
+    return MlflowTracker(uri, load_spec(SWEEPS / "smoke.yaml"), 1000, parent_tags={m.TAG_RAY_RUN: ray_run})
+
+
+def _report(tracker: MlflowTracker, trial_id: str, samples: int) -> None:
+    trial = SimpleNamespace(trial_id=trial_id, config=CONFIG, last_result={m.SAMPLES_SEEN: samples}, error_file=None)
+    tracker.on_trial_result(iteration=1, trials=[trial], trial=trial, result={m.SAMPLES_SEEN: samples, m.VAL_LOSS: 1.0})
+    tracker.on_trial_complete(iteration=2, trials=[trial], trial=trial)
+
+
+def _as_pickled_before_the_store_opened(tracker: MlflowTracker) -> MlflowTracker:
+    state = tracker.__getstate__()
+    state.update(experiment_id=None, parent_run_id=None)  # what ``Tuner()`` may pickle
+    restored = MlflowTracker.__new__(MlflowTracker)
+    restored.__setstate__(state)
+    return restored
+
+
+def test_a_tracker_pickled_before_its_store_opened_finds_its_parent_by_ray_run(tracking_uri):
+    first = _tracker(tracking_uri, "/ray/smoke-1")
+    first.wait_open()
+    other = _tracker(tracking_uri, "/ray/smoke-2")  # a later submission of the same sweep
+    other.wait_open()
+    restored = _as_pickled_before_the_store_opened(first)
+    _report(restored, "t0", 1000)
+    restored.close()
+
+    run = MlflowClient(tracking_uri).search_runs([first.experiment_id], filter_string=f"tags.`{m.TAG_TRIAL_ID}` = 't0'")
+    assert [r.data.tags[PARENT_TAG] for r in run] == [first.parent_run_id]
+    assert restored.parent_run_id == first.parent_run_id != other.parent_run_id
+
+
+def test_tune_snapshots_carry_the_parent_run(tracking_uri):
+    tracker = _tracker(tracking_uri, "/ray/smoke-1")
+    tracker.wait_open()
+    state = tracker.get_state()
+    restored = pickle.loads(pickle.dumps(tracker))
+    restored.set_state(state)
+    assert (restored.experiment_id, restored.parent_run_id) == (tracker.experiment_id, tracker.parent_run_id)
+
+
+def test_a_restored_tracker_without_its_parent_run_stops_the_sweep(tracking_uri):
+    tracker = _tracker(tracking_uri, "/ray/smoke-1")
+    tracker.wait_open()
+    MlflowClient(tracking_uri).delete_run(tracker.parent_run_id)
+    restored = _as_pickled_before_the_store_opened(tracker)
+    _report(restored, "t0", 1000)
+    restored.close()
+    with pytest.raises(TrackingError, match="no MLflow parent run for Ray run /ray/smoke-1"):
+        restored.on_step_begin(iteration=3, trials=[])

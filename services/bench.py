@@ -197,16 +197,21 @@ def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result, dict]
     walls: dict[str, list[float]] = {"bare": [], "samplewise": [], "untracked": []}
     cpu: dict[str, list[float]] = {"samplewise": [], "untracked": []}
     trial_s: list[float] = []
-    for _ in range(1 if quick else 3):  # interleaved, so drift on a shared machine hits all three
-        start = time.perf_counter()
-        with mp.get_context("spawn").Pool(spec.searcher.max_concurrent) as pool:
-            trial_s += pool.map(_bare_trial, [(spec, c) for c in configs])
-        walls["bare"].append(time.perf_counter() - start)
-        for arm, track in (("samplewise", True), ("untracked", False)):
-            wall, used, result = _timed_sweep(spec, store, uri, track)
+    arms = ["bare", "samplewise", "untracked"]
+    for rep in range(1 if quick else 3):
+        # interleaved, so drift on a shared machine hits all three, and rotated, so each arm runs
+        # once in each position rather than one arm always following the bare pool
+        for arm in arms[rep:] + arms[:rep]:
+            if arm == "bare":
+                start = time.perf_counter()
+                with mp.get_context("spawn").Pool(spec.searcher.max_concurrent) as pool:
+                    trial_s += pool.map(_bare_trial, [(spec, c) for c in configs])
+                walls["bare"].append(time.perf_counter() - start)
+                continue
+            wall, used, result = _timed_sweep(spec, store, uri, arm == "samplewise")
             walls[arm].append(wall)
             cpu[arm].append(used)
-            if track:
+            if arm == "samplewise":
                 outcome = result
     bare, tuned = statistics.median(walls["bare"]), statistics.median(walls["samplewise"])
     ratio = tuned / bare
@@ -316,8 +321,9 @@ def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
     ensure_experiment(client, "bench_store")  # the store exists before the clock starts, as in orchestration
     walls: dict[str, list[float]] = {"samplewise": [], "untracked": []}
     cpu: dict[str, list[float]] = {"samplewise": [], "untracked": []}
-    for _ in range(1 if quick else 3):
-        for arm, track in (("samplewise", True), ("untracked", False)):  # interleaved: drift hits both
+    for rep in range(1 if quick else 3):
+        order = (("samplewise", True), ("untracked", False))
+        for arm, track in order[::-1] if rep % 2 else order:  # interleaved, and each goes first in turn
             wall, used, outcome = _timed_sweep(spec, store, uri, track)
             walls[arm].append(wall)
             cpu[arm].append(used)

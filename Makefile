@@ -25,7 +25,7 @@ sweep: install  ## run a sweep: make sweep SWEEP=sweeps/x.yaml
 test: install  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install  ## measure samplewise against its goals (about 20 min on 2 cores); writes BENCHMARKS.md
+bench: install  ## measure samplewise against its goals (about 15 min on 2 cores); writes BENCHMARKS.md
 	$(BIN)/samplewise bench
 
 bench-quick: install  ## every bench measurement at toy size (a smoke run; the test suite runs it)

@@ -10,8 +10,6 @@ MLflow is imported lazily: importing samplewise does not import MLflow.
 from __future__ import annotations
 
 import json
-import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from ray import tune
 
 from services import metrics as m
 from services.errors import TrackingError
+from services.writer import Writer
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -104,62 +103,6 @@ def error_summary(trial) -> str:
     return (lines[-1] if lines else "trial failed")[:500]
 
 
-class _Writer:
-    """Runs MLflow writes in order on one background thread, so Tune's event loop (and with it
-    every trial waiting on its report) never waits on the tracking store.
-
-    Writes may stage data instead of writing it (see :meth:`MlflowTracker._write_result`);
-    ``flush_staged`` writes what is staged once it is ``linger_s`` old. Each store write is a
-    transaction and, in the driver, holds the GIL that Tune's loop needs, so fast-reporting
-    trials get one ``log_batch`` per run per ``linger_s`` rather than one per report.
-    """
-
-    def __init__(self, flush_staged=None, linger_s: float = 0.0) -> None:
-        self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._flush_staged = flush_staged
-        self.linger_s = linger_s
-        self.failures = 0
-
-    def submit(self, fn, *args) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="samplewise-mlflow-writer", daemon=True)
-            self._thread.start()
-        self._queue.put((fn, args))
-
-    def flush(self) -> None:
-        if self._thread is not None:
-            self._queue.join()
-
-    def _call(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as err:  # a lost write must not kill the sweep; say so once
-            self.failures += 1
-            if self.failures == 1:
-                print(f"samplewise: warning: MLflow write failed ({type(err).__name__}: {err}); "
-                      "the sweep goes on", file=sys.stderr)
-
-    def _run(self) -> None:
-        deadline = None  # when what is staged must be written
-        while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if deadline is not None and (item is None or time.monotonic() >= deadline):
-                self._call(self._flush_staged)
-                deadline = None
-            if item is None:
-                continue
-            fn, args = item
-            self._call(fn, *args)
-            self._queue.task_done()
-            if deadline is None and self._flush_staged is not None:
-                deadline = time.monotonic() + self.linger_s
-
-
 @dataclass
 class _Staged:
     """One run's writes waiting for the next ``log_batch`` (MLflow takes at most 1000 metrics,
@@ -237,7 +180,7 @@ class MlflowTracker(tune.Callback):
         self._node_tagged: set[str] = set()
         self._staged: dict[str, dict[str, list]] = {}  # run id -> metrics, params, tags not yet written
         self._loaded = False
-        self._writer = _Writer(self._write_staged, self.LINGER_S)
+        self._writer = Writer(self._write_staged, self.LINGER_S)
 
     _PICKLED = ("tracking_uri", "budget_samples", "experiment_id", "parent_run_id", "spec", "sweep", "workload",
                 "_parent_tags")

@@ -170,10 +170,14 @@ def _timed_sweep(spec, store: Path, uri: str, track: bool) -> tuple[float, float
     return time.perf_counter() - wall, _driver_cpu_s() - cpu, outcome
 
 
-def _tracking_figures(walls: dict[str, list[float]], cpu: dict[str, list[float]], trials: int) -> dict[str, float]:
-    return {"overhead": statistics.median(walls["samplewise"]) / statistics.median(walls["untracked"]) - 1,
-            "driver_cpu_ms_per_trial": (statistics.median(cpu["samplewise"]) - statistics.median(cpu["untracked"]))
-            / trials * 1000}
+def _tracking(walls: dict[str, list[float]], cpu: dict[str, list[float]], trials: int) -> dict[str, Any]:
+    """What MLflow costs one sweep, from interleaved runs with (``samplewise``) and without it."""
+    return {"trials": trials,
+            "with_mlflow_s": [round(w, 1) for w in walls["samplewise"]],
+            "without_s": [round(w, 1) for w in walls["untracked"]],
+            "overhead": statistics.median(walls["samplewise"]) / statistics.median(walls["untracked"]) - 1,
+            "driver_cpu_ms_per_trial": round((statistics.median(cpu["samplewise"]) - statistics.median(cpu["untracked"]))
+                                             / trials * 1000, 1)}
 
 
 def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result, dict]:
@@ -223,8 +227,7 @@ def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result, dict]
     orchestration = Result("orchestration (Ray Tune + MLflow vs bare processes)",
                            f"{ratio:.2f}x wall (median of {len(walls['bare'])}), {detail['overhead_per_trial_s']} s per trial",
                            "<= 1.10 for ~10 s trials", ratio <= 1.10 if not quick else None, detail)
-    tracking = {"mean_trial_s": detail["mean_trial_s"], "trials": trials, "walls": walls, "cpu": cpu,
-                **_tracking_figures(walls, cpu, trials)}
+    tracking = {"mean_trial_s": detail["mean_trial_s"], **_tracking(walls, cpu, trials)}
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -329,22 +332,17 @@ def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
             cpu[arm].append(used)
             if track:
                 tracked = outcome
-    short = _tracking_figures(walls, cpu, spec.num_trials)
     runs = client.search_runs([tracked.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{tracked.parent_run_id}'")
-    short_trial_s = statistics.median((r.info.end_time - r.info.start_time) / 1000 for r in runs)
+    short = {"median_trial_s": statistics.median((r.info.end_time - r.info.start_time) / 1000 for r in runs),
+             **_tracking(walls, cpu, spec.num_trials)}
     figure = (f"{long['overhead'] * 100:+.1f}% on ~{long['mean_trial_s']:.0f} s trials; "
-              f"{short['overhead'] * 100:+.1f}% on ~{short_trial_s:.1f} s trials "
+              f"{short['overhead'] * 100:+.1f}% on ~{short['median_trial_s']:.1f} s trials "
               f"({short['driver_cpu_ms_per_trial']:.0f} ms of driver CPU per trial run)")
-    rounded = {arm: [round(w, 1) for w in ws] for arm, ws in walls.items()}
+    shown = {"long_trials": long, "short_trials": short}
     return Result("tracking overhead (same sweep with and without MLflow)", figure,
                   "<= 3% (~10 s trials)", long["overhead"] <= 0.03 if not quick else None,
-                  {"long_trials": {"trials": long["trials"], "mean_trial_s": long["mean_trial_s"],
-                                   "with_mlflow_s": [round(w, 1) for w in long["walls"]["samplewise"]],
-                                   "without_s": [round(w, 1) for w in long["walls"]["untracked"]],
-                                   "driver_cpu_ms_per_trial": round(long["driver_cpu_ms_per_trial"])},
-                   "short_trials": {"trials": spec.num_trials, "median_trial_s": round(short_trial_s, 2),
-                                    "with_mlflow_s": rounded["samplewise"], "without_s": rounded["untracked"],
-                                    "driver_cpu_ms_per_trial": round(short["driver_cpu_ms_per_trial"])}})
+                  {name: {k: round(v, 3) if isinstance(v, float) else v for k, v in arm.items()}
+                   for name, arm in shown.items()})
 
 
 # ---- 5. analysis and export over a large store ----------------------------------------------

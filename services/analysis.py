@@ -1,17 +1,39 @@
-"""Pure functions over a table of trial results: the best LR per sample per group, and
-whether the group's scaling rule holds (:mod:`services.fit`).
+"""Pure functions over a table of trial results: the best LR per sample per group, whether the
+group's scaling rule holds, which law describes lr*(B), and the formula a user can apply.
 
-A group is one optimizer x reduction. Within a group, trials that trained the full budget
-are compared (ASHA-stopped ones only if none did); diverged and failed trials never win.
+A group is one optimizer x reduction x schedule. Within a group, trials that trained the full
+budget are compared (ASHA-stopped ones only if none did); diverged and failed trials never
+win, and a trial that did not learn (see :data:`LEARN_FRACTION`) closes a U-curve like a
+diverged one instead of dragging its vertex.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
-from services.fit import Optimum, PowerLaw, optimal_lr, valid_range, verdict
+from search_spaces.scaling import ADAPTIVE
+from services.fit import (
+    LawFit,
+    Optimum,
+    PowerLaw,
+    choose_law,
+    fit_laws,
+    intervals_overlap,
+    optimal_lr,
+    rule_constant,
+    valid_range,
+    verdict,
+)
+
+LEARN_FRACTION = 0.1
+"""A trial learned when its val loss fell below its initial loss by at least this fraction of
+what the best trial at its batch size achieved; below that it sits at chance (next to the
+divergence cliff, or at an LR too small to move) and counts as tried, not as a U-curve point."""
+EDGE_FRACTION = 0.05
+"""A best LR per sample in the outer 5% (in log) of its searched range sits at the range's edge."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,13 @@ class TrialRecord:
     updates: int = 0
     wall_s: Optional[float] = None
     """Seconds from the trial's start to its end, as MLflow recorded them."""
+    initial_loss: Optional[float] = None
+    """Val loss per sample before the first update (None for runs that did not record it)."""
+    test_loss: Optional[float] = None
+    test_accuracy: Optional[float] = None
+    """Held-out test metrics, recorded only for an exported best configuration."""
+    params: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """The run's params as MLflow holds them (strings), to rerun the configuration."""
 
     @property
     def usable(self) -> bool:
@@ -60,6 +89,28 @@ class BatchBest:
     """False when every trial at this batch size was stopped early by ASHA."""
     b_simple: Optional[float] = None
     """Noise scale measured by the best trial at this batch size."""
+    did_not_learn: int = 0
+    """Trials at this batch size that did not learn (counted as tried, not fitted)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The formula a user applies at any batch size, and where it comes from.
+
+    ``source``: 'rule' (the rule's exponent with c fitted over the batch sizes where it was
+    checked), 'power law' (the rule does not hold: the fitted exponent), 'saturating' or
+    'surge' (that law is better supported than any power law), or 'best trial' (too few batch
+    sizes to fit anything: the best trial's c with the rule's exponent, unchecked).
+    """
+
+    source: str
+    law: LawFit
+    batch_range: tuple[int, int]
+    """The batch sizes the formula was fitted (or, for 'best trial', swept) over."""
+
+    @property
+    def formula(self) -> str:
+        return self.law.formula
 
 
 @dataclass(frozen=True)
@@ -75,22 +126,70 @@ class GroupSummary:
     optima: list[Optimum] = field(default_factory=list)
     """lr*(B) estimated from the U-curve at each batch size with at least two LRs."""
     law: Optional[PowerLaw] = None
-    """lr*(B) = c * B**k fitted over the batch sizes where the rule holds."""
+    """lr*(B) = c * B**k fitted over the batch sizes where one power law holds (the rule's regime)."""
     above_range: list[int] = field(default_factory=list)
-    """Batch sizes above the valid range: lr* stopped following the fit there."""
+    """Batch sizes above that regime: lr* stopped following the fit there."""
     verdict: str = "inconclusive: no fit"
+    laws: list[LawFit] = field(default_factory=list)
+    """Every law fitted over the interior optima (power, saturating, and surge for Adam)."""
+    chosen: Optional[LawFit] = None
+    """The best-supported law (:func:`services.fit.choose_law`)."""
+    rule_c: Optional[tuple[float, float, float]] = None
+    """(c, lo, hi) of lr = c * B**k with the rule's k, fitted over the rule's regime."""
+    answer: Optional[Answer] = None
+    range_edge: Optional[str] = None
+    """'low' or 'high' when the best trial's LR per sample sits at that edge of its searched range."""
+    lr_range: Optional[tuple[float, float]] = None
+    """The LR-per-sample range searched for this optimizer, when known."""
 
     @property
-    def valid_batch_range(self) -> Optional[tuple[int, int]]:
-        return (min(self.law.batch_sizes), max(self.law.batch_sizes)) if self.law else None
+    def name(self) -> str:
+        return f"{self.optimizer}/{self.reduction}" + (f"/{self.schedule}" if self.schedule != "constant" else "")
+
+    @property
+    def holds_for(self) -> Optional[tuple[int, int]]:
+        """The batch sizes over which the rule was found to hold (only when it does)."""
+        if self.law is None or not self.verdict.startswith("holds"):
+            return None
+        return (min(self.law.batch_sizes), max(self.law.batch_sizes))
 
     @property
     def b_simple(self) -> Optional[float]:
         return self.best.b_simple if self.best else None
 
     @property
+    def b_simple_range(self) -> Optional[tuple[float, float]]:
+        """Smallest and largest B_simple measured by the best trial at each batch size."""
+        values = [b.b_simple for b in self.per_batch if b.b_simple]
+        return (min(values), max(values)) if values else None
+
+    @property
+    def b_noise_law(self) -> Optional[LawFit]:
+        """The law whose B_noise to report: the chosen one if it has one, else the saturating fit."""
+        if self.chosen is not None and "b_noise" in self.chosen.params:
+            return self.chosen
+        return next((law for law in self.laws if law.name == "saturating"), None)
+
+    @property
+    def b_noise_agrees(self) -> Optional[bool]:
+        """Does B_noise from the LR fit agree with the measured B_simple (intervals overlap)?"""
+        law, measured = self.b_noise_law, self.b_simple_range
+        if law is None or measured is None:
+            return None
+        return intervals_overlap(law.intervals["b_noise"], measured)
+
+    @property
     def lr_per_sample(self) -> Optional[float]:
+        """The exported constant c: fitted over the rule's regime, else the best trial's."""
+        if self.rule_c is not None:
+            return self.rule_c[0]
         return self.best.lr_per_sample if self.best else None
+
+
+def complete(record: TrialRecord) -> bool:
+    """The run holds the params the analysis needs (a run cut off before its first write does not)."""
+    return record.optimizer != "?" and record.batch_size >= 1 and math.isfinite(record.lr) \
+        and math.isfinite(record.lr_per_sample)
 
 
 def candidates(records: list[TrialRecord]) -> list[TrialRecord]:
@@ -100,7 +199,21 @@ def candidates(records: list[TrialRecord]) -> list[TrialRecord]:
     return full or usable
 
 
-def _counts(records: list[TrialRecord]) -> dict[str, int]:
+def learned(records: list[TrialRecord]) -> tuple[list[TrialRecord], list[TrialRecord]]:
+    """Split trials of one batch size into (learned, did not learn); see :data:`LEARN_FRACTION`."""
+    known = [r for r in records if r.initial_loss is not None and r.val_loss is not None]
+    if not known:
+        return records, []
+    best = min(r.val_loss for r in known)
+    gain = lambda r: r.initial_loss - r.val_loss  # noqa: E731
+    best_gain = max(gain(r) for r in known)
+    if best_gain <= 0:  # nobody improved on the initial loss
+        return [r for r in records if r not in known], known
+    bad = [r for r in known if gain(r) < LEARN_FRACTION * best_gain and r.val_loss > best]
+    return [r for r in records if r not in bad], bad
+
+
+def _counts(records: list[TrialRecord], did_not_learn: int = 0) -> dict[str, int]:
     return {
         "total": len(records),
         "completed": sum(r.usable and not r.stopped_early for r in records),
@@ -108,38 +221,107 @@ def _counts(records: list[TrialRecord]) -> dict[str, int]:
         "diverged": sum(r.diverged for r in records),
         "failed": sum(r.status == "FAILED" for r in records),
         "killed": sum(r.status in ("KILLED", "RUNNING") and not r.diverged for r in records),
+        "did_not_learn": did_not_learn,
     }
 
 
-def summarize(records: Iterable[TrialRecord]) -> list[GroupSummary]:
-    """One summary per optimizer x reduction x schedule, sorted by name."""
+def _edge(c: float, lr_range: Optional[tuple[float, float]]) -> Optional[str]:
+    if not lr_range or lr_range[0] >= lr_range[1]:
+        return None
+    lo, hi = math.log(lr_range[0]), math.log(lr_range[1])
+    pos = (math.log(c) - lo) / (hi - lo)
+    return "low" if pos <= EDGE_FRACTION else "high" if pos >= 1 - EDGE_FRACTION else None
+
+
+def _noise_note(per_batch: list[BatchBest], optima: list[Optimum]) -> str:
+    """Say so when most batch sizes lie above the measured noise scale, where lr*(B) is expected
+    to flatten (McCandlish et al. 2018) and a linear or square-root rule cannot hold."""
+    measured = sorted(b.b_simple for b in per_batch if b.b_simple)
+    if not measured or not optima:
+        return ""
+    median = measured[len(measured) // 2]
+    above = sum(o.batch_size > median for o in optima)
+    if above * 2 <= len(optima):
+        return ""
+    return (f"; {above} of {len(optima)} batch sizes lie above the measured noise scale B_simple ~ {median:.0f}, "
+            "where lr* is expected to flatten")
+
+
+def _answer(g_best: Optional[TrialRecord], k: float, chosen: Optional[LawFit], law: Optional[PowerLaw],
+            text: str, rule_c, swept: list[int]) -> Optional[Answer]:
+    if chosen is not None and chosen.name != "power":
+        return Answer(chosen.name, chosen, (min(chosen.batch_sizes), max(chosen.batch_sizes)))
+    if chosen is not None and text.startswith("does not hold"):
+        return Answer("power law", chosen, (min(chosen.batch_sizes), max(chosen.batch_sizes)))
+    if law is not None and rule_c is not None and len(law.batch_sizes) >= 3:
+        c, lo, hi = rule_c
+        fit = LawFit("power", {"c": c, "k": k}, {"c": (lo, hi), "k": (k, k)}, 0.0, law.batch_sizes, 0.0)
+        return Answer("rule", fit, (min(law.batch_sizes), max(law.batch_sizes)))
+    if g_best is None:
+        return None
+    c = g_best.lr_per_sample
+    fit = LawFit("power", {"c": c, "k": k}, {"c": (c, c), "k": (k, k)}, 0.0, tuple(swept), 0.0)
+    return Answer("best trial", fit, (min(swept), max(swept)))
+
+
+def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, float]] = None) -> GroupSummary:
+    """The summary of one optimizer x reduction x schedule."""
+    first = members[0]
+    pool = candidates(members)
+    best = min(pool, key=lambda r: (r.val_loss, r.run_id)) if pool else None
+    per_batch, optima, not_learned = [], [], 0
+    for bs in sorted({r.batch_size for r in members if r.usable}):
+        at_bs = candidates([r for r in members if r.batch_size == bs])
+        fit_pool, bad = learned(at_bs)
+        not_learned += len(bad)
+        top = min(at_bs, key=lambda r: (r.val_loss, r.run_id))
+        per_batch.append(BatchBest(bs, top.lr, top.lr_per_sample, top.val_loss, top.val_accuracy,
+                                   len(at_bs), not top.stopped_early, top.b_simple, len(bad)))
+        if len({r.lr for r in fit_pool}) >= 2:
+            tried = [r.lr for r in members if r.batch_size == bs and (r.usable or r.diverged)]
+            optima.append(optimal_lr(bs, [r.lr for r in fit_pool], [r.val_loss for r in fit_pool], tried,
+                                     seeds=[r.seed for r in fit_pool]))
+    interior = [o for o in optima if not o.on_edge]  # an optimum on the edge is a bound, not an estimate
+    law, above = valid_range(interior) if len(interior) >= 2 else (None, [])
+    text = verdict(law, first.k)
+    text += "" if text.startswith("holds") else _noise_note(per_batch, optima)
+    shift = 1.0 if first.reduction == "sum" and first.optimizer not in ADAPTIVE else 0.0
+    laws = fit_laws(interior, shift=shift, adaptive=first.optimizer in ADAPTIVE)
+    chosen = choose_law(laws)
+    regime = [o for o in interior if law is not None and o.batch_size in law.batch_sizes]
+    rule_c = rule_constant(regime, first.k) if len(regime) >= 2 else None
+    swept = [b.batch_size for b in per_batch]
+    return GroupSummary(
+        first.optimizer, first.reduction, first.schedule, first.rule, first.k, best, per_batch,
+        _counts(members, not_learned), optima=optima, law=law, above_range=[o.batch_size for o in above],
+        verdict=text, laws=laws, chosen=chosen, rule_c=rule_c,
+        answer=_answer(best, first.k, chosen, law, text, rule_c, swept) if swept else None,
+        range_edge=_edge(best.lr_per_sample, lr_range) if best else None, lr_range=lr_range,
+    )
+
+
+def summarize(records: Iterable[TrialRecord],
+              lr_ranges: Optional[Mapping[str, tuple[float, float]]] = None) -> list[GroupSummary]:
+    """One summary per optimizer x reduction x schedule, sorted by name. ``lr_ranges``: the
+    LR-per-sample range searched per optimizer, for the edge warnings."""
     groups: dict[tuple[str, str, str], list[TrialRecord]] = defaultdict(list)
-    for record in records:
-        groups[(record.optimizer, record.reduction, record.schedule)].append(record)
-    out = []
-    for (optimizer, reduction, schedule), members in sorted(groups.items()):
-        pool = candidates(members)
-        best = min(pool, key=lambda r: r.val_loss) if pool else None
-        per_batch, optima = [], []
-        for bs in sorted({r.batch_size for r in members if r.usable}):
-            at_bs = candidates([r for r in members if r.batch_size == bs])
-            top = min(at_bs, key=lambda r: r.val_loss)
-            per_batch.append(BatchBest(bs, top.lr, top.lr_per_sample, top.val_loss, top.val_accuracy,
-                                       len(at_bs), not top.stopped_early, top.b_simple))
-            if len({r.lr for r in at_bs}) >= 2:
-                tried = [r.lr for r in members if r.batch_size == bs and (r.usable or r.diverged)]
-                optima.append(optimal_lr(bs, [r.lr for r in at_bs], [r.val_loss for r in at_bs], tried))
-        rule, k = members[0].rule, members[0].k
-        law, above = valid_range(optima) if len(optima) >= 2 else (None, [])
-        out.append(GroupSummary(
-            optimizer, reduction, schedule, rule, k, best, per_batch, _counts(members),
-            optima=optima, law=law, above_range=[o.batch_size for o in above], verdict=verdict(law, k),
-        ))
-    return out
+    for record in sorted(records, key=lambda r: (r.run_id, r.trial_id)):  # row order never matters
+        if complete(record):
+            groups[(record.optimizer, record.reduction, record.schedule)].append(record)
+    return [summarize_group(members, (lr_ranges or {}).get(key[0])) for key, members in sorted(groups.items())]
+
+
+def edge_warning(g: GroupSummary) -> Optional[str]:
+    if g.range_edge is None or g.best is None or g.lr_range is None:
+        return None
+    return (f"{g.name}: the best LR per sample {g.best.lr_per_sample:.3g} sits at the {g.range_edge} edge of "
+            f"the range searched [{g.lr_range[0]:.3g}, {g.lr_range[1]:.3g}]; widen lr_per_sample for "
+            f"{g.optimizer} {'downwards' if g.range_edge == 'low' else 'upwards'}")
 
 
 def format_table(groups: list[GroupSummary]) -> str:
-    """The end-of-sweep table: best config per optimizer x reduction (x schedule) with its LR per sample."""
+    """The end-of-sweep table: best config per optimizer x reduction (x schedule) with its LR per
+    sample, then per group the verdict, the law and the formula, and any range-edge warning."""
     scheduled = any(g.schedule != "constant" for g in groups)
     sched = lambda g: f"{g.schedule:<13} " if scheduled else ""  # noqa: E731
     header = (
@@ -158,9 +340,29 @@ def format_table(groups: list[GroupSummary]) -> str:
             continue
         b = g.best
         acc = f"{b.val_accuracy:.3f}" if b.val_accuracy is not None else "-"
+        edge = f"  <- at the {g.range_edge} edge" if g.range_edge else ""
         lines.append(f"{lead}{b.lr_per_sample:>11.3e} {g.k:>4g} {b.batch_size:>6} "
-                     f"{b.lr:>9.3e} {b.val_loss:>9.4f} {acc:>7}  {trials}")
-    return "\n".join(lines)
+                     f"{b.lr:>9.3e} {b.val_loss:>9.4f} {acc:>7}  {trials}{edge}")
+    lines.append("")
+    for g in groups:
+        if g.answer is None:
+            continue
+        lines.append(f"{g.name}: rule {g.verdict}")
+        law = f"from the {g.answer.source}" + (
+            f"; best-supported law by AICc: {g.chosen.name} (of {', '.join(x.name for x in g.laws)})" if g.chosen else "")
+        lines.append(f"    {g.answer.formula}  for B in {g.answer.batch_range[0]}..{g.answer.batch_range[1]}  [{law}]")
+        agree = g.b_noise_agrees
+        if agree is not None:
+            lo, hi = g.b_noise_law.intervals["b_noise"]
+            span = f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]"
+            lines.append(f"    B_noise from the LR fit {g.b_noise_law.params['b_noise']:.3g} {span} "
+                         f"{'agrees' if agree else 'disagrees'} with B_simple measured "
+                         f"{g.b_simple_range[0]:.3g}..{g.b_simple_range[1]:.3g}")
+        if g.counts.get("did_not_learn"):
+            lines.append(f"    {g.counts['did_not_learn']} trial(s) did not learn (counted as tried, not fitted)")
+    warnings = [w for w in (edge_warning(g) for g in groups) if w]
+    lines += [f"warning: {w}" for w in warnings]
+    return "\n".join(lines).rstrip()
 
 
 def format_outcomes(records: list[TrialRecord]) -> str:
@@ -168,6 +370,9 @@ def format_outcomes(records: list[TrialRecord]) -> str:
     c = _counts(records)
     lines = [f"{c['total']} trials: {c['completed']} completed, {c['stopped_early']} stopped early by ASHA, "
              f"{c['diverged']} diverged, {c['failed']} failed" + (f", {c['killed']} killed" if c["killed"] else "")]
+    missing = sum(not complete(r) for r in records)
+    if missing:
+        lines.append(f"  {missing} run(s) without their params (cut off before the first write) left out of the analysis")
     for r in records:
         if r.status == "FAILED":
             lines.append(f"  failed {r.trial_id} ({r.optimizer}, {r.reduction}, B={r.batch_size}): {r.error}")

@@ -385,7 +385,7 @@ def bench_export(quick: bool, store: Path) -> Result:
         client.set_terminated(run.info.run_id, "FINISHED")
     generate = time.perf_counter() - start
     start = time.perf_counter()
-    export_sweep(spec.name, uri, store / "exports", parent)
+    export_sweep(spec.name, uri, store / "exports", parent, holdout=False)
     took = time.perf_counter() - start
     return Result(f"analysis and export over {n:,} trial runs", f"{took:.1f} s", "<= 10 s",
                   took <= 10 if not quick else None, {"runs": n, "export_s": round(took, 2),

@@ -37,14 +37,14 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
-def _summary(outcome, args) -> int:
+def _summary(outcome, args, spec) -> int:
     from services import export, tracking
     from services.analysis import format_outcomes, format_table, summarize
 
     client = tracking.client_for(outcome.tracking_uri)
     records = export.load_records(client, client.get_run(outcome.parent_run_id))
     print()
-    print(format_table(summarize(records)))
+    print(format_table(summarize(records, spec.space.lr_ranges())))
     print(format_outcomes(records))
     print(f"\nMLflow parent run {outcome.parent_run_id}; export the constants with: make export SWEEP={args.spec}")
     return EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK
@@ -63,7 +63,7 @@ def cmd_drive(args) -> int:
         outcome = runner.resume_sweep(spec, tracking_uri=uri, ray_address=args.ray_address)
     else:
         outcome = runner.run_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
-    return _summary(outcome, args)
+    return _summary(outcome, args, spec)
 
 
 def cmd_export(args) -> int:
@@ -71,10 +71,20 @@ def cmd_export(args) -> int:
     from services.export import export_sweep
 
     uri = args.tracking_uri or paths.tracking_uri()
-    doc, files = export_sweep(spec.name, uri, Path(args.out_dir or paths.exports_dir()), args.parent_run_id)
+    doc, files = export_sweep(spec.name, uri, Path(args.out_dir or paths.exports_dir()), args.parent_run_id,
+                              holdout=not args.no_test)
     for const in doc["constants"]:
         formula = const["formula"] or "no usable trial"
-        print(f"{const['optimizer']:<8} {const['reduction']:<4} {formula}")
+        answer = const.get("answer") or {}
+        where = f"  [{answer['source']}, B {answer['batch_range'][0]}..{answer['batch_range'][1]}]" if answer else ""
+        print(f"{const['optimizer']:<8} {const['reduction']:<4} {formula}{where}")
+        print(f"{'':<14}rule: {const['verdict']}")
+        best = const.get("best") or {}
+        if best.get("test_accuracy") is not None:
+            print(f"{'':<14}best configuration (B={best['batch_size']}): test/accuracy {best['test_accuracy']:.4f} "
+                  f"(val {best['val_accuracy']:.4f})")
+        for warning in const.get("edge_warnings", []):
+            print(f"samplewise: warning: {warning}", file=sys.stderr)
     print("wrote " + ", ".join(str(f) for f in files) + f" (also on MLflow run {doc['parent_run_id']})")
     return EXIT_OK
 
@@ -106,8 +116,11 @@ def cmd_lr(args) -> int:
     if args.value_only:
         print(f"{lr:.6g}")
     else:
+        answer = const.get("answer") or {}
+        used = (f"; {answer['source']}, fitted over B in {answer['batch_range'][0]}..{answer['batch_range'][1]}"
+                if answer else "")
         print(f"lr = {lr:.6g} for batch_size {args.batch_size} "
-              f"({const['optimizer']}, {const['reduction']}: {const['formula']})")
+              f"({const['optimizer']}, {const['reduction']}: {const['formula']}{used})")
         for extra in ("eps", "weight_decay"):
             if extra in const:
                 print(f"  with {const[extra]}")
@@ -166,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="the sweep's spec (its name picks the MLflow experiment)")
     p.add_argument("--parent-run-id", help="export this submission instead of the newest")
     p.add_argument("--out-dir", help="directory for the export files (default: exports/)")
+    p.add_argument("--no-test", action="store_true",
+                   help="skip evaluating each group's best configuration once on the test split")
     p.set_defaults(func=cmd_export)
 
     p = with_store(sub.add_parser("compare", help="compare schedules at equal sample budgets",

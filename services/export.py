@@ -1,8 +1,16 @@
 """Reads a sweep back from MLflow and exports its tuned LR-per-sample constants.
 
-``exports/<sweep>.json`` and ``.yaml`` hold, per optimizer x reduction, the constant c,
-the exponent k and the formula ``lr = c * batch_size**k`` for that reduction, with the
-evidence: best LR and val loss per batch size, trial counts, sweep and parent run id.
+``exports/<sweep>.json`` and ``.yaml`` hold, per optimizer x reduction (x schedule):
+
+- ``formula``: what to use at any batch size, from the best-supported law (``answer`` says
+  which, over which batch sizes, with intervals): the rule with its constant c fitted where
+  the rule was checked, the fitted power law where the rule does not hold, or a saturating /
+  surge law where lr*(B) bends;
+- ``rule``: the scaling rule's verdict, and the batch sizes it holds for (only when it does);
+- ``laws``: every law fitted, with AICc, and B_noise beside the measured B_simple;
+- the evidence: lr*(B) with intervals, best LR and val loss per batch size, the best trial
+  (with its held-out test metrics), trial counts, edge warnings, sweep and parent run id.
+
 Both files are also logged as artifacts of the sweep's parent run.
 """
 
@@ -21,16 +29,16 @@ import yaml
 
 from search_spaces.scaling import ADAPTIVE, lr_for
 from services import metrics as m
-from services.analysis import GroupSummary, TrialRecord, summarize
-from services.fit import CI
-from services.errors import ExportError, TrackingError
+from services.analysis import GroupSummary, TrialRecord, edge_warning, summarize
+from services.errors import ExportError, SpecError, TrackingError
+from services.fit import AIC_MARGIN, CI, LawFit
 from services.tracking import PARENT_TAG, client_for
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 
 
 def find_parent_run(client: "MlflowClient", sweep: str, parent_run_id: Optional[str] = None) -> "Run":
@@ -78,6 +86,10 @@ def _record(run: "Run") -> TrialRecord:
         seed=int(p.get("seed", 0)),
         updates=int(mt.get(m.UPDATES, 0)),
         wall_s=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+        initial_loss=mt.get(m.INITIAL_VAL_LOSS),
+        test_loss=mt.get(m.TEST_LOSS),
+        test_accuracy=mt.get(m.TEST_ACCURACY),
+        params=dict(p),
     )
 
 
@@ -117,7 +129,21 @@ def load_records(client: "MlflowClient", parent: "Run") -> list[TrialRecord]:
                 return records
 
 
-def _group_doc(g: GroupSummary, spec_params: dict[str, str]) -> dict[str, Any]:
+def _law_doc(law: LawFit) -> dict[str, Any]:
+    return {"name": law.name, "formula": law.formula, "params": law.params,
+            "intervals": {k: list(v) for k, v in law.intervals.items()}, "shift": law.shift,
+            "batch_sizes": list(law.batch_sizes), "chi2": law.chi2,
+            "aicc": law.aicc if math.isfinite(law.aicc) else None}
+
+
+def law_from_doc(doc: dict[str, Any]) -> LawFit:
+    """The law of an export's ``answer`` (or ``laws`` entry), to evaluate at any batch size."""
+    return LawFit(doc["name"], dict(doc["params"]), {k: tuple(v) for k, v in doc.get("intervals", {}).items()},
+                  float(doc.get("shift", 0.0)), tuple(doc.get("batch_sizes", ())), float(doc.get("chi2", 0.0)))
+
+
+def _group_doc(g: GroupSummary, spec_params: dict[str, str], test: Optional[dict] = None) -> dict[str, Any]:
+    answer = g.answer
     doc: dict[str, Any] = {
         "optimizer": g.optimizer,
         "reduction": g.reduction,
@@ -125,7 +151,10 @@ def _group_doc(g: GroupSummary, spec_params: dict[str, str]) -> dict[str, Any]:
         "rule": g.rule,
         "k": g.k,
         "lr_per_sample": g.lr_per_sample,
-        "formula": f"lr = {g.lr_per_sample:.6g} * batch_size**{g.k:g}" if g.best else None,
+        "lr_per_sample_interval": list(g.rule_c[1:]) if g.rule_c else None,
+        "formula": answer.formula if answer else None,
+        "answer": {**_law_doc(answer.law), "source": answer.source, "batch_range": list(answer.batch_range)}
+        if answer else None,
         "batch_sizes_swept": [b.batch_size for b in g.per_batch],
         "per_batch_size": [asdict(b) for b in g.per_batch],
         "trials": g.counts,
@@ -141,52 +170,81 @@ def _group_doc(g: GroupSummary, spec_params: dict[str, str]) -> dict[str, Any]:
     if g.best:
         b = g.best
         doc["best"] = {
-            "batch_size": b.batch_size, "lr": b.lr, "val_loss_per_sample": b.val_loss,
-            "val_accuracy": b.val_accuracy, "samples_seen": b.samples_seen, "run_id": b.run_id,
-            "b_simple": b.b_simple,
+            "batch_size": b.batch_size, "lr": b.lr, "lr_per_sample": b.lr_per_sample,
+            "val_loss_per_sample": b.val_loss, "val_accuracy": b.val_accuracy, "samples_seen": b.samples_seen,
+            "run_id": b.run_id, "b_simple": b.b_simple, **(test or {}),
         }
     doc.update(_evidence_doc(g))
     return doc
 
 
 def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
-    """Does the rule hold: fitted exponent, verdict, valid range, lr*(B) with intervals, B_simple."""
+    """Does the rule hold, which law fits, lr*(B) with intervals, B_noise against B_simple."""
     b_simple = g.b_simple
+    warnings = [f"batch size {o.batch_size}: the best LR tried is at the edge of the range searched; widen it"
+                for o in g.optima if o.on_edge]
+    if edge_warning(g):
+        warnings.insert(0, edge_warning(g))
     doc: dict[str, Any] = {
         "verdict": g.verdict,
+        "rule": {"k": g.k, "verdict": g.verdict, "holds_for": list(g.holds_for) if g.holds_for else None,
+                 "checked_over": list(g.law.batch_sizes) if g.law else [], "above_checked_range": g.above_range,
+                 "c": g.rule_c[0] if g.rule_c else None, "c_interval": list(g.rule_c[1:]) if g.rule_c else None,
+                 "fitted_k": g.law.k if g.law else None,
+                 "fitted_k_interval": [g.law.k_lo, g.law.k_hi] if g.law else None, "confidence": CI},
+        "laws": [_law_doc(law) for law in g.laws],
+        "chosen_law": g.chosen.name if g.chosen else None,
+        "law_criterion": f"the power law unless another law's AICc is lower by more than {AIC_MARGIN:g}",
         "lr_star": [
             {
                 "batch_size": o.batch_size, "lr": o.lr, "interval": [o.lo, o.hi], "best_tried_lr": o.best_tried_lr,
-                "val_loss_per_sample": o.best_loss, "lrs_tried": o.n_points, "method": o.method,
+                "val_loss_per_sample": o.best_loss, "lrs_tried": o.n_points, "seeds": o.seeds, "method": o.method,
                 "on_edge": o.on_edge, "above_b_simple": bool(b_simple and o.batch_size > b_simple),
             }
             for o in g.optima
         ],
-        "edge_warnings": [
-            f"batch size {o.batch_size}: the best LR tried is at the edge of the range searched; widen it"
-            for o in g.optima if o.on_edge
-        ],
+        "edge_warnings": warnings,
         "b_simple": b_simple,
         "batch_sizes_above_b_simple": [b.batch_size for b in g.per_batch if b_simple and b.batch_size > b_simple],
     }
-    if g.law is not None:
-        law = g.law
-        doc["fit"] = {
-            "k": law.k, "k_interval": [law.k_lo, law.k_hi], "c": law.c, "c_interval": [law.c_lo, law.c_hi],
-            "formula": f"lr* = {law.c:.4g} * batch_size**{law.k:.3g}", "rule_k": g.k, "confidence": CI,
-            "valid_batch_range": list(g.valid_batch_range), "above_valid_range": g.above_range,
-        }
+    law = g.b_noise_law
+    if law is not None:
+        doc["noise"] = {"law": law.name, "b_noise": law.params["b_noise"],
+                        "b_noise_interval": list(law.intervals["b_noise"]),
+                        "b_simple_measured": list(g.b_simple_range) if g.b_simple_range else None,
+                        "agree": g.b_noise_agrees}
     return doc
+
+
+def sweep_spec(client: "MlflowClient", parent: "Run"):
+    """The spec the sweep ran with (its parent run's ``spec.yaml``), or None if unreadable."""
+    import os
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar
+    from services.spec import parse_spec
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(parent.info.run_id, "spec.yaml", tmp)
+            with open(path) as f:
+                return parse_spec(yaml.safe_load(f), "spec.yaml")
+    except (OSError, SpecError, yaml.YAMLError, MlflowException):  # an old or foreign run: no spec
+        return None
 
 
 def build_export(client: "MlflowClient", sweep: str, parent_run_id: Optional[str] = None,
                  records: Optional[list[TrialRecord]] = None, groups: Optional[list[GroupSummary]] = None,
-                 parent: Optional["Run"] = None) -> dict[str, Any]:
+                 parent: Optional["Run"] = None, tests: Optional[dict[str, dict]] = None) -> dict[str, Any]:
     parent = parent or find_parent_run(client, sweep, parent_run_id)
     records = load_records(client, parent) if records is None else records
     if not records:
         raise ExportError(f"sweep {sweep!r}: parent run {parent.info.run_id} has no trial runs")
-    groups = summarize(records) if groups is None else groups
+    spec = sweep_spec(client, parent)
+    groups = summarize(records, spec.space.lr_ranges() if spec else None) if groups is None else groups
+    tests = tests or {}
     return {
         "samplewise_export": EXPORT_VERSION,
         "sweep": parent.data.tags.get(m.TAG_SWEEP, sweep),
@@ -196,7 +254,7 @@ def build_export(client: "MlflowClient", sweep: str, parent_run_id: Optional[str
         "objective": m.OBJECTIVE,
         "budget_samples": int(parent.data.tags.get(m.TAG_BUDGET_SAMPLES, 0)),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "constants": [_group_doc(g, parent.data.params) for g in groups],
+        "constants": [_group_doc(g, parent.data.params, tests.get(g.name)) for g in groups],
     }
 
 
@@ -227,15 +285,28 @@ def best_histories(client: "MlflowClient", groups: list[GroupSummary], records: 
 
 
 def export_sweep(sweep: str, tracking_uri: str, out_dir: Path, parent_run_id: Optional[str] = None,
-                 plots: bool = True):
-    """Export a sweep: the constants (JSON, YAML) and the four plots, on disk and on the parent run."""
+                 plots: bool = True, holdout: bool = True):
+    """Export a sweep: the constants (JSON, YAML) and the four plots, on disk and on the parent run.
+
+    ``holdout``: evaluate each group's best configuration once on the test split
+    (:mod:`services.holdout`), when the workload has one.
+    """
+    from services.holdout import test_best
     from services.plots import write_plots
 
     client = client_for(tracking_uri)
     parent = find_parent_run(client, sweep, parent_run_id)
     records = load_records(client, parent)
-    groups = summarize(records) if records else []
-    doc = build_export(client, sweep, records=records, groups=groups, parent=parent)
+    spec = sweep_spec(client, parent)
+    groups = summarize(records, spec.space.lr_ranges() if spec else None) if records else []
+    tests = {}
+    if holdout and spec is not None:
+        for g in groups:
+            if g.best is not None and not g.best.stopped_early:
+                result = test_best(client, spec, g.best)
+                if result is not None:
+                    tests[g.name] = result
+    doc = build_export(client, sweep, records=records, groups=groups, parent=parent, tests=tests)
     files = write_export(doc, out_dir, client)
     if plots:
         pngs = write_plots(doc["sweep"], records, groups, best_histories(client, groups, records), out_dir)
@@ -284,27 +355,33 @@ def pick_constant(doc: dict[str, Any], optimizer: Optional[str], reduction: Opti
 
 def lr_lookup(doc: dict[str, Any], batch_size: int, optimizer: Optional[str] = None,
               reduction: Optional[str] = None, schedule: Optional[str] = None) -> tuple[float, dict[str, Any], list[str]]:
-    """(lr, the constant used, warnings) for ``batch_size`` (the starting LR of a schedule)."""
+    """(lr, the constant used, warnings) for ``batch_size`` (the starting LR of a schedule).
+
+    The LR comes from the constant's ``answer``: the best-supported law over the batch sizes it
+    was fitted on. Exports without one (version 1) give ``c * batch_size**k``.
+    """
     if batch_size < 1:
         raise ExportError(f"--batch-size: must be >= 1, got {batch_size}")
     const = pick_constant(doc, optimizer, reduction, schedule)
-    lr = lr_for(const["lr_per_sample"], const["k"], batch_size)
+    answer = const.get("answer")
     warnings = []
-    swept = const.get("batch_sizes_swept") or []
-    fit = const.get("fit") or {}
-    valid = fit.get("valid_batch_range")
-    if swept and not (min(swept) <= batch_size <= max(swept)):
-        warnings.append(
-            f"batch size {batch_size} lies outside the swept range {min(swept)}..{max(swept)}; "
-            "the rule was not checked there"
-        )
-    elif valid and not (valid[0] <= batch_size <= valid[1]):
-        warnings.append(
-            f"batch size {batch_size} lies outside {valid[0]}..{valid[1]}, where the sweep found the rule to hold"
-        )
-    if str(const.get("verdict", "")).startswith("does not hold") and fit:
-        fitted = fit["c"] * batch_size ** fit["k"]
-        warnings.append(f"the rule does not hold here ({const['verdict']}); the fitted {fit['formula']} gives {fitted:.4g}")
+    if answer:
+        lr = law_from_doc(answer).lr(batch_size)
+        lo, hi = answer["batch_range"]
+        if not lo <= batch_size <= hi:
+            warnings.append(f"batch size {batch_size} lies outside {lo}..{hi}, where the {answer['source']} "
+                            f"formula was fitted; this extrapolates it")
+        verdict = str(const.get("verdict", ""))
+        if answer["source"] == "rule" and verdict.startswith("inconclusive"):
+            warnings.append(f"the rule is not confirmed ({verdict})")
+        if answer["source"] == "best trial":
+            warnings.append(f"the rule was not checked ({verdict}); this is the best trial's constant")
+    else:
+        lr = lr_for(const["lr_per_sample"], const["k"], batch_size)
+        swept = const.get("batch_sizes_swept") or []
+        if swept and not (min(swept) <= batch_size <= max(swept)):
+            warnings.append(f"batch size {batch_size} lies outside the swept range {min(swept)}..{max(swept)}; "
+                            "the rule was not checked there")
     if not math.isfinite(lr):
         raise ExportError(f"{const['optimizer']}/{const['reduction']}: constant is not a finite number")
     return lr, const, warnings

@@ -2,7 +2,8 @@
 
 1. ``u_curves``: val loss per sample vs LR, one curve per batch size.
 2. ``collapse``: the same against LR per sample (lr / B**k): the curves collapse when the rule holds.
-3. ``lr_star``: lr*(B) on log-log with intervals, the fitted line, the rule's line, B_simple marked.
+3. ``lr_star``: lr*(B) on log-log with intervals, every fitted law (the chosen one solid), the
+   rule's line, B_noise and B_simple marked.
 4. ``learning_curves``: val loss vs samples seen for the best trial at each batch size.
 Each figure has one panel per optimizer x reduction.
 """
@@ -112,15 +113,30 @@ def _lr_star(groups, title):
         if (~inside).any():
             ax.errorbar(bs[~inside], lr[~inside], yerr=err[:, ~inside], fmt="o", mfc="white", color="C0",
                         capsize=3, label="above the valid range")
-        grid = np.geomspace(bs.min() / 1.3, bs.max() * 1.3, 50)
-        if g.law is not None:
-            law = g.law
-            ax.plot(grid, law.c * grid**law.k, "-", color="C1",
-                    label=f"fit: k = {law.k:.2f} [{law.k_lo:.2f}, {law.k_hi:.2f}]")
-        anchor_b, anchor_lr = (g.best.batch_size, g.best.lr) if g.best else (bs[0], lr[0])
-        ax.plot(grid, anchor_lr * (grid / anchor_b) ** g.k, "--", color="C2", label=f"rule: k = {g.k:g}")
-        if g.b_simple:
-            ax.axvline(g.b_simple, color="C3", ls=":", label=f"B_simple = {g.b_simple:.0f}")
+        grid = np.geomspace(bs.min() / 1.3, bs.max() * 1.3, 80)
+        styles = {"power": "C1", "saturating": "C4", "surge": "C5"}
+        for law in g.laws:
+            chosen = g.chosen is not None and law.name == g.chosen.name
+            if law.name == "power":
+                text = f"power: k = {law.params['k']:.2f} [{law.intervals['k'][0]:.2f}, {law.intervals['k'][1]:.2f}]"
+            else:
+                lo, hi = law.intervals["b_noise"]
+                text = (f"{law.name}: B_noise = {law.params['b_noise']:.3g} "
+                        f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]")
+            aicc = f", AICc {law.aicc:.1f}" if np.isfinite(law.aicc) else ""
+            ax.plot(grid, [law.lr(b) for b in grid], "-" if chosen else "--", color=styles[law.name],
+                    lw=2.2 if chosen else 1.2, label=text + aicc + (" (chosen)" if chosen else ""))
+        if g.rule_c is not None:
+            ax.plot(grid, g.rule_c[0] * grid**g.k, ":", color="C2", lw=1.6, label=f"rule: k = {g.k:g}, c fitted")
+        else:
+            anchor_b, anchor_lr = (g.best.batch_size, g.best.lr) if g.best else (bs[0], lr[0])
+            ax.plot(grid, anchor_lr * (grid / anchor_b) ** g.k, ":", color="C2", label=f"rule: k = {g.k:g}")
+        noise_law = g.b_noise_law
+        if noise_law is not None and noise_law is g.chosen:
+            ax.axvline(noise_law.params["b_noise"], color="C4", ls="-.", lw=1, label="B_noise (LR fit)")
+        if g.b_simple_range:
+            lo_s, hi_s = g.b_simple_range
+            ax.axvspan(lo_s, hi_s, color="C3", alpha=0.12, label=f"B_simple measured {lo_s:.0f}..{hi_s:.0f}")
         _log_axes(ax, xbase=2)
         ax.set_xlabel("batch size B (samples)")
         ax.set_ylabel("optimal learning rate lr*(B)")

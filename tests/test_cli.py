@@ -86,20 +86,23 @@ def test_lr_ambiguous_or_missing_group_exits_2(tmp_path):
     assert nofile.returncode == 2 and "cannot read export" in nofile.stderr
 
 
-def test_lr_warns_outside_the_valid_range_and_when_the_rule_fails(tmp_path):
+def test_lr_answers_from_the_chosen_law_and_says_which(tmp_path):
     doc = json.loads(_export(tmp_path).read_text())
     sgd = doc["constants"][0]
-    sgd["batch_sizes_swept"] = [8, 512]
-    sgd["fit"] = {"k": 1.0, "c": 1e-3, "formula": "lr* = 0.001 * batch_size**1", "valid_batch_range": [8, 128]}
-    sgd["verdict"] = "holds: k = 1.00 [0.90, 1.10] includes the rule's 1"
+    sgd["verdict"] = "inconclusive: k = 0.50 [0.10, 0.90] ..."
+    sgd["answer"] = {"name": "saturating", "source": "saturating", "params": {"lr_max": 2.0, "b_noise": 64.0},
+                     "shift": 0.0, "batch_range": [8, 512], "intervals": {}}
     adam = doc["constants"][1]
-    adam["fit"] = {"k": 0.9, "c": 2e-5, "formula": "lr* = 2e-05 * batch_size**0.9", "valid_batch_range": [16, 256]}
-    adam["verdict"] = "does not hold: k = 0.90 [0.80, 1.00] excludes the rule's 0.5"
+    adam["verdict"] = "inconclusive: k = 0.40 [-0.10, 0.90] ..."
+    adam["answer"] = {"name": "power", "source": "rule", "params": {"c": 1e-4, "k": 0.5}, "shift": 0.0,
+                      "batch_range": [16, 128], "intervals": {}}
     path = tmp_path / "fitted.json"
     path.write_text(json.dumps(doc))
-    past = run_cli("lr", path, "--batch-size", 256, "--optimizer", "sgd", cwd=tmp_path)
-    assert past.returncode == 0 and "outside 8..128, where the sweep found the rule to hold" in past.stderr
-    inside = run_cli("lr", path, "--batch-size", 64, "--optimizer", "sgd", cwd=tmp_path)
-    assert inside.stderr == ""
-    failing = run_cli("lr", path, "--batch-size", 64, "--optimizer", "adam", cwd=tmp_path)
-    assert "the rule does not hold here" in failing.stderr and "gives 0.0008445" in failing.stderr
+    sat = run_cli("lr", path, "--batch-size", 64, "--optimizer", "sgd", cwd=tmp_path)
+    assert sat.returncode == 0 and "lr = 1 for batch_size 64" in sat.stdout  # 2 / (1 + 64/64)
+    assert "saturating, fitted over B in 8..512" in sat.stdout and sat.stderr == ""
+    past = run_cli("lr", path, "--batch-size", 256, "--optimizer", "adam", cwd=tmp_path)
+    assert "outside 16..128, where the rule formula was fitted" in past.stderr
+    assert "the rule is not confirmed (inconclusive" in past.stderr
+    assert float(run_cli("lr", path, "--batch-size", 64, "--optimizer", "adam", "--value-only",
+                         cwd=tmp_path).stdout) == pytest.approx(8e-4)

@@ -41,18 +41,22 @@ def make_searcher(spec: SweepSpec) -> OptunaSearch:
     if spec.searcher.kind == "tpe":
         # multivariate: model c jointly with optimizer and batch size (SGD's and Adam's c differ
         # by orders of magnitude); constant_liar: concurrent trials do not all ask for the same point.
+        # stratified: each cell's c is its own parameter, seen in a tenth or less of the trials;
+        # half the budget spread at random lays out every U-curve before TPE refines near the best
+        startup = spec.num_trials // 2 if spec.searcher.stratify else max(10, spec.num_trials // 5)
         sampler = optuna.samplers.TPESampler(
             seed=seed,
             multivariate=True,
             constant_liar=spec.searcher.max_concurrent > 1,
-            n_startup_trials=max(10, spec.num_trials // 5),
+            n_startup_trials=startup,
         )
     elif spec.searcher.kind == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.GridSampler(grid_points(spec.space), seed=seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return OptunaSearch(space=tied_space(spec.space, seed), metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler)
+    mode = "grid" if spec.searcher.kind == "grid" else "stratified" if spec.searcher.stratify else "free"
+    return OptunaSearch(space=tied_space(spec.space, seed, mode), metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler)
 
 
 def make_scheduler(spec: SweepSpec, budget_samples: int, interval_samples: int):
@@ -92,7 +96,7 @@ class ProgressPrinter(tune.Callback):
         self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial) + 1
         c, r = trial.config, trial.last_result or {}
         loss, acc = r.get(m.VAL_LOSS), r.get(m.VAL_ACCURACY)
-        metrics_text = f"val {loss:.4f}  acc {acc:.3f}" if loss is not None else ""
+        metrics_text = (f"val {loss:.4f}" + (f"  acc {acc:.3f}" if acc is not None else "")) if loss is not None else ""
         stream = self.stream or sys.stdout
         stream.write(
             f"[{self.done:>3}/{self.total}] {c.get('optimizer', '?'):<8} {c.get('reduction', '?'):<4} "
@@ -174,7 +178,9 @@ def run_sweep(
     uri = tracking_uri or paths.tracking_uri()
     if track:
         tracking.check_store(uri)
-    n_train = workloads.load(spec.workload).n_train
+    workload = workloads.load(spec.workload)
+    workloads.check(workload)  # a loss that is not per sample fails here, before anything starts
+    n_train = workload.n_train
     budget_samples = spec.budget.total_samples(n_train)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = storage_path or paths.storage_path()

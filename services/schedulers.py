@@ -1,10 +1,12 @@
-"""ASHA that compares a trial only with trials of its own optimizer x reduction.
+"""ASHA that compares a trial only with trials of its own cell: optimizer x reduction x
+schedule x batch size.
 
 Plain ASHA ranks every trial against every other at each rung. In a sweep over
 optimizers, Adam's faster early progress would stop every SGD trial, and the sweep could
-not export an SGD constant. :class:`GroupedASHA` keeps Ray's ASHA logic whole and gives
-each group its own set of brackets, so within a group batch sizes and LRs still compete
-at equal samples seen.
+not export an SGD constant; across batch sizes, small batches take more updates per sample
+and lead early, so large batch sizes would be stopped before their U-curves exist.
+:class:`GroupedASHA` keeps Ray's ASHA logic whole and gives each cell its own set of
+brackets, so within a cell the LRs compete at equal samples seen.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from typing import Any, Callable, Mapping
 from ray.tune.schedulers import ASHAScheduler
 
 
-def optimizer_reduction(config: Mapping[str, Any]) -> tuple:
-    """The default group: one per optimizer x reduction (the groups the export reports)."""
-    return (config.get("optimizer"), config.get("reduction"))
+def cell(config: Mapping[str, Any]) -> tuple:
+    """The default group: the export's groups (optimizer x reduction x schedule) split by batch
+    size, where the analysis compares LRs."""
+    return (config.get("optimizer"), config.get("reduction"), config.get("schedule"), config.get("batch_size"))
 
 
 class GroupedASHA(ASHAScheduler):
-    def __init__(self, group_key: Callable[[Mapping[str, Any]], Any] = optimizer_reduction, **asha_kwargs):
+    def __init__(self, group_key: Callable[[Mapping[str, Any]], Any] = cell, **asha_kwargs):
         super().__init__(**asha_kwargs)
         self._group_key = group_key
         self._empty_brackets = copy.deepcopy(self._brackets)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from search_spaces.scaling import DEFAULT_RULE
 from services.errors import SpecError
-from search_spaces.tied import grid_size
+from search_spaces.tied import grid_lrs, grid_size
 
 Optimizer = Literal["sgd", "momentum", "adam", "adamw"]
 Reduction = Literal["mean", "sum"]
@@ -43,6 +43,12 @@ class SearcherSpec(_Frozen):
     """Trials running at once; one per CPU core suits small models."""
     seed: int = Field(default=0, ge=0)
     """Seeds the sampler and every trial's init and data order (same seed, same trials)."""
+    stratify: bool = True
+    """tpe and random: take the cells (batch size x optimizer x reduction x schedule x seed) in
+    turn and search only the LR per sample within each, so every batch size gets its share of
+    LRs to bracket lr*(B) (the sampler models c per optimizer and batch size). Make
+    num_trials a multiple of the cells. False: the sampler also picks the cell, and may
+    starve some batch sizes."""
 
 
 class LogRange(_Frozen):
@@ -58,6 +64,18 @@ class LogRange(_Frozen):
         return self
 
 
+def _range_kind(value: Any) -> str:
+    """A single range has low/high keys; anything else is a mapping of optimizer to range."""
+    keys = value.keys() if isinstance(value, dict) else dict(value).keys() if isinstance(value, BaseModel) else ()
+    return "range" if not isinstance(value, dict) or {"low", "high", "grid_points"} & set(keys) else "per_optimizer"
+
+
+LrRanges = Annotated[
+    Union[Annotated[LogRange, Tag("range")], Annotated[dict[Optimizer, LogRange], Tag("per_optimizer")]],
+    Discriminator(_range_kind),
+]
+
+
 class WeightDecaySpec(_Frozen):
     value: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """Weight decay for the mean-reduced loss; coupled decay under sum is scaled by B."""
@@ -69,8 +87,10 @@ class WeightDecaySpec(_Frozen):
 class SpaceSpec(_Frozen):
     batch_sizes: list[int] = Field(min_length=1)
     """Batch sizes to sweep; powers of two make the log-log fits evenly spaced."""
-    lr_per_sample: LogRange
-    """Range of the rule constant c (lr = c * B**k under mean reduction), searched in log."""
+    lr_per_sample: LrRanges
+    """Range of the rule constant c (lr = c * B**k under mean reduction), searched in log: one
+    range for every optimizer, or one per optimizer (``{sgd: {low, high}, adam: {...}}``):
+    SGD's and Adam's constants differ by well over an order of magnitude."""
     reductions: list[Reduction] = Field(default=["mean"], min_length=1)
     optimizers: list[Optimizer] = Field(default=["sgd"], min_length=1)
     rules: dict[Optimizer, Rule] = {}
@@ -95,10 +115,24 @@ class SpaceSpec(_Frozen):
         for i, b in enumerate(self.batch_sizes):
             if b < 1:
                 raise ValueError(f"batch_sizes.{i}: must be >= 1, got {b}")
+        if isinstance(self.lr_per_sample, dict):
+            missing = [o for o in self.optimizers if o not in self.lr_per_sample]
+            if missing:
+                raise ValueError(f"lr_per_sample: no range for optimizer {missing[0]} (ranges given for "
+                                 f"{sorted(self.lr_per_sample)})")
         return self
 
     def rule_for(self, optimizer: str) -> str:
         return self.rules.get(optimizer, DEFAULT_RULE[optimizer])
+
+    def lr_ranges(self) -> dict[str, tuple[float, float]]:
+        """(low, high) of the LR per sample searched for each optimizer of the sweep."""
+        return {o: (self.lr_range(o).low, self.lr_range(o).high) for o in self.optimizers}
+
+    def lr_range(self, optimizer: str) -> LogRange:
+        """The LR-per-sample range searched for ``optimizer``."""
+        ranges = self.lr_per_sample
+        return ranges[optimizer] if isinstance(ranges, dict) else ranges
 
 
 DEFAULT_MAX_REPORTS = 20
@@ -209,6 +243,10 @@ class SweepSpec(_Frozen):
     @model_validator(mode="after")
     def _trials(self) -> "SweepSpec":
         if self.searcher.kind == "grid":
+            counts = {o: len(grid_lrs(self.space, o)) for o in self.space.optimizers}
+            if len(set(counts.values())) > 1:
+                raise ValueError(f"space.lr_per_sample: a grid search needs the same grid_points for every "
+                                 f"optimizer, got {counts}")
             size = grid_size(self.space)
             if self.searcher.num_trials is not None and self.searcher.num_trials > size:
                 raise ValueError(
@@ -227,7 +265,7 @@ class SweepSpec(_Frozen):
 
 def _one_line(err: ValidationError) -> str:
     first = err.errors()[0]
-    path = ".".join(str(p) for p in first["loc"])
+    path = ".".join(str(p) for p in first["loc"] if p not in ("range", "per_optimizer"))  # union tags
     msg = first["msg"].removeprefix("Value error, ")
     inner = re.match(r"([A-Za-z_][\w.]*): (.*)", msg)
     if inner:  # a model validator naming a field below its own path

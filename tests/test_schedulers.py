@@ -1,4 +1,4 @@
-"""GroupedASHA runs Ray's ASHA per optimizer x reduction: no cross-group early stopping."""
+"""GroupedASHA runs Ray's ASHA per cell (optimizer x reduction x schedule x batch size)."""
 
 from types import SimpleNamespace
 
@@ -8,8 +8,9 @@ from services import metrics as m
 from services.schedulers import GroupedASHA
 
 
-def _trial(i, optimizer):
-    return SimpleNamespace(trial_id=f"t{i}", config={"optimizer": optimizer, "reduction": "mean"})
+def _trial(i, optimizer, batch_size=32):
+    return SimpleNamespace(trial_id=f"t{i}", config={"optimizer": optimizer, "reduction": "mean",
+                                                     "schedule": "constant", "batch_size": batch_size})
 
 
 def _rung_results(scheduler, trials_losses):
@@ -40,3 +41,13 @@ def test_grouped_asha_still_stops_within_a_group():
     actions = _rung_results(GroupedASHA(**_kwargs()), trials)
     assert actions["t0"] == TrialScheduler.CONTINUE
     assert actions["t5"] == TrialScheduler.STOP
+
+
+def test_a_large_batch_size_is_not_stopped_by_small_ones():
+    """Small batches take more updates per sample and lead early: they must not stop B=512."""
+    small = [(_trial(i, "sgd", 16), 0.1 + 0.01 * i) for i in range(6)]
+    large = [(_trial(10, "sgd", 512), 0.9)]
+    plain = _rung_results(ASHAScheduler(**_kwargs()), small + large)
+    grouped = _rung_results(GroupedASHA(**_kwargs()), small + large)
+    assert plain["t10"] == TrialScheduler.STOP
+    assert grouped["t10"] == TrialScheduler.CONTINUE

@@ -7,6 +7,7 @@ import optuna
 import pytest
 
 from search_spaces import derive, grid_points, lr_exponent, suggest
+from services.errors import SpecError
 from services.spec import parse_spec
 from tests.conftest import spec_dict
 
@@ -39,7 +40,7 @@ def test_fixed_trial_derives_every_optimizer_reduction_rule(optimizer, reduction
         "weight_decay": {"value": 0.01, "mode": "decoupled" if optimizer == "adamw" else "coupled"},
     }))
     trial = optuna.trial.FixedTrial(
-        {"batch_size": 128, "reduction": reduction, "optimizer": optimizer, "lr_per_sample": 2e-3}
+        {"batch_size": 128, "reduction": reduction, "optimizer": optimizer, f"lr_per_sample_{optimizer}": 2e-3}
     )
     config = suggest(trial, spec.space, seed=7)
     want = expected(optimizer, reduction, rule, 2e-3, 128)
@@ -87,13 +88,51 @@ def test_grid_points_cover_the_range_log_spaced():
         "batch_sizes": [8, 16], "lr_per_sample": {"low": 1e-4, "high": 1e-2, "grid_points": 3},
         "reductions": ["mean"], "optimizers": ["sgd"]}))
     grid = grid_points(spec.space)
-    assert grid["lr_per_sample"] == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert grid["lr_step"] == [0, 1, 2]
     assert spec.num_trials == 6
+    config = suggest(optuna.trial.FixedTrial({"batch_size": 8, "reduction": "mean", "optimizer": "sgd",
+                                              "lr_step": 1}), spec.space, 0, mode="grid")
+    assert config["lr_per_sample"] == pytest.approx(1e-3)
+
+
+def test_per_optimizer_ranges_each_optimizer_searched_in_its_own():
+    spec = parse_spec(spec_dict(searcher={"kind": "grid"}, space={
+        "batch_sizes": [8], "reductions": ["mean"], "optimizers": ["sgd", "adam"],
+        "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1, "grid_points": 3},
+                          "adam": {"low": 1e-5, "high": 1e-3, "grid_points": 3}}}))
+    for optimizer, want in (("sgd", [1e-3, 1e-2, 1e-1]), ("adam", [1e-5, 1e-4, 1e-3])):
+        got = [suggest(optuna.trial.FixedTrial({"batch_size": 8, "reduction": "mean", "optimizer": optimizer,
+                                                "lr_step": i}), spec.space, 0, mode="grid")["lr_per_sample"]
+               for i in range(3)]
+        assert got == pytest.approx(want)
+    assert spec.num_trials == 6
+    with pytest.raises(SpecError, match="space.lr_per_sample: no range for optimizer adam"):
+        parse_spec(spec_dict(space={"batch_sizes": [8], "optimizers": ["sgd", "adam"],
+                                    "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1}}}))
+    with pytest.raises(SpecError, match="same grid_points"):
+        parse_spec(spec_dict(searcher={"kind": "grid"}, space={
+            "batch_sizes": [8], "optimizers": ["sgd", "adam"],
+            "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1, "grid_points": 3},
+                              "adam": {"low": 1e-5, "high": 1e-3, "grid_points": 4}}}))
+
+
+def test_stratified_space_gives_every_cell_its_turn():
+    spec = parse_spec(spec_dict(space={
+        "batch_sizes": [16, 64, 256], "reductions": ["mean", "sum"], "optimizers": ["sgd", "adam"],
+        "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1}, "adam": {"low": 1e-5, "high": 1e-3}}}))
+    seen = []
+    for number in range(24):  # two rounds of the 12 cells
+        opt, batch = ["sgd", "adam"][(number // 6) % 2], [16, 64, 256][number % 3]
+        config = suggest(optuna.trial.FixedTrial({f"lr_per_sample_{opt}_b{batch}": 1e-3}, number=number),
+                         spec.space, 0, mode="stratified")
+        seen.append((config["batch_size"], config["optimizer"], config["reduction"]))
+    assert len(set(seen[:12])) == 12 and seen[:12] == seen[12:]
+    assert [s[0] for s in seen[:3]] == [16, 64, 256]  # batch size varies fastest
 
 
 def test_space_is_pure_same_trial_same_config():
     spec = parse_spec(spec_dict())
-    params = {"batch_size": 64, "reduction": "sum", "optimizer": "adam", "lr_per_sample": 5e-4}
+    params = {"batch_size": 64, "reduction": "sum", "optimizer": "adam", "lr_per_sample_adam": 5e-4}
     a = suggest(optuna.trial.FixedTrial(params), spec.space, 0)
     b = suggest(optuna.trial.FixedTrial(params), spec.space, 0)
     assert a == b

@@ -65,6 +65,14 @@ class TrialHParams:
     def from_config(cls, config: Mapping[str, Any]) -> "TrialHParams":
         return cls(**{name: config[name] for name in cls.__dataclass_fields__ if name in config})
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> "TrialHParams":
+        """Parse the string params of a trial's MLflow run back into their types."""
+        types = {"batch_size": int, "seed": int, "lr_per_sample": float, "lr": float, "k": float,
+                 "weight_decay": float, "momentum": float, "eps": float,
+                 "decoupled_decay": lambda v: str(v).lower() == "true"}
+        return cls(**{name: types.get(name, str)(params[name]) for name in cls.__dataclass_fields__ if name in params})
+
 
 def lr_exponent(optimizer: str, reduction: str, rule: str) -> float:
     """Exponent k of B in the optimizer LR: lr = c * B**k."""

@@ -9,7 +9,13 @@ TRAIN_LOSS = "train/loss_per_sample"
 VAL_LOSS = "val/loss_per_sample"
 """Mean per-sample loss on the validation set: the sweep objective (minimized)."""
 VAL_ACCURACY = "val/accuracy"
-"""Fraction of validation samples classified correctly."""
+"""Fraction of validation samples classified correctly (classification workloads only)."""
+INITIAL_VAL_LOSS = "val/initial_loss_per_sample"
+"""Val loss per sample before the first update: tells a trial that learned from one at chance."""
+TEST_LOSS = "test/loss_per_sample"
+TEST_ACCURACY = "test/accuracy"
+"""Held-out test metrics, evaluated once, for an exported best configuration only (by a rerun
+of that configuration): the sweep selects on the validation split and never sees these."""
 SAMPLES_SEEN = "samples_seen"
 """Training samples consumed so far: ASHA's time attribute and MLflow's step."""
 UPDATES = "updates"
@@ -35,7 +41,7 @@ NODE_ID = "node_id"
 OBJECTIVE = VAL_LOSS
 MODE = "min"
 
-REPORTED = (TRAIN_LOSS, VAL_LOSS, VAL_ACCURACY, SAMPLES_SEEN, UPDATES, LR, BATCH_SIZE, NOISE_G, DIVERGED,
+REPORTED = (TRAIN_LOSS, VAL_LOSS, VAL_ACCURACY, INITIAL_VAL_LOSS, SAMPLES_SEEN, UPDATES, LR, BATCH_SIZE, NOISE_G, DIVERGED,
             SAMPLES_PER_S, MAX_RSS_MB, B_SIMPLE)
 """Every metric a trial reports; the tracker logs these and nothing Tune adds."""
 
@@ -68,3 +74,5 @@ TAG_SPEC_PATH = "samplewise.spec"
 TAG_BUDGET_SAMPLES = "samplewise.budget_samples"
 TAG_NODE_ID = "samplewise.node_id"
 TAG_RAY_RUN = "samplewise.ray_run"
+TAG_TEST_RERUN = "samplewise.test_rerun"
+"""On a best trial whose test split was evaluated: the rerun's val loss and whether it matched."""

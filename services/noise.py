@@ -63,8 +63,16 @@ class NoiseScale:
             idx = torch.randperm(n, generator=self._gen)[:size].to(device)
             return grad_sq_norm(model, workload.x_train[idx], workload.y_train[idx], workload.loss_fn)
 
-        g_small = torch.stack([norm(small) for _ in range(self.repeats)]).mean()
-        g_large = norm(large)
+        # the extra forward passes run in train mode: keep BatchNorm's running statistics (and
+        # any other buffer) exactly as the trial left them
+        saved = {name: buf.clone() for name, buf in model.named_buffers()}
+        try:
+            g_small = torch.stack([norm(small) for _ in range(self.repeats)]).mean()
+            g_large = norm(large)
+        finally:
+            with torch.no_grad():
+                for name, buf in model.named_buffers():
+                    buf.copy_(saved[name])
         g2 = ((large * g_large - small * g_small) / (large - small)).item()
         tr = ((g_small - g_large) / (1.0 / small - 1.0 / large)).item()
         if self._g2 is None:

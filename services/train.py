@@ -75,21 +75,26 @@ def train_step(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, workload: Workload, chunk: int = 8192) -> tuple[float, float]:
-    """(per-sample loss, accuracy) on the validation set."""
+def evaluate_split(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, loss_fn,
+                   classification: bool, chunk: int = 8192) -> tuple[float, Optional[float]]:
+    """(per-sample loss, accuracy or None for regression) of ``model`` on one split."""
     model.eval()
-    total = torch.zeros((), device=workload.x_val.device)
-    correct = torch.zeros((), device=workload.x_val.device)
-    n = workload.x_val.shape[0]
+    total = torch.zeros((), device=x_all.device)
+    correct = torch.zeros((), device=x_all.device)
+    n = x_all.shape[0]
     for start in range(0, n, chunk):
-        x, y = workload.x_val[start : start + chunk], workload.y_val[start : start + chunk]
+        x, y = x_all[start : start + chunk], y_all[start : start + chunk]
         out = model(x)
-        total += workload.loss_fn(out, y).sum()
-        if workload.classification:
+        total += loss_fn(out, y).sum()
+        if classification:
             correct += (out.argmax(dim=1) == y).sum()
     model.train()
-    loss, acc = (total / n).item(), (correct / n).item()
-    return loss, (acc if workload.classification else float("nan"))
+    return (total / n).item(), ((correct / n).item() if classification else None)
+
+
+def evaluate(model: nn.Module, workload: Workload) -> tuple[float, Optional[float]]:
+    """(per-sample loss, accuracy or None) on the validation set."""
+    return evaluate_split(model, workload.x_val, workload.y_val, workload.loss_fn, workload.classification)
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,7 @@ def run_trial(
         last = {
             m.TRAIN_LOSS: train_loss if math.isfinite(train_loss) else threshold,
             m.VAL_LOSS: threshold if diverged else val_loss,
-            m.VAL_ACCURACY: val_acc if math.isfinite(val_acc) else 0.0,
+            m.INITIAL_VAL_LOSS: initial_loss,
             m.SAMPLES_SEEN: samples,
             m.UPDATES: updates,
             m.LR: optimizer.param_groups[0]["lr"],
@@ -205,6 +210,8 @@ def run_trial(
             m.SAMPLES_PER_S: interval_samples / max(elapsed, 1e-9),
             m.MAX_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
+        if val_acc is not None:  # classification only: a regression reports no accuracy
+            last[m.VAL_ACCURACY] = val_acc if math.isfinite(val_acc) else 0.0
         b_simple = noise.measure(model, workload) if noise and not diverged else None
         if b_simple is not None:
             last[m.B_SIMPLE] = b_simple

@@ -1,8 +1,11 @@
 """Workloads: what a trial trains. Built-ins and user plug-ins share one interface.
 
 A workload function takes keyword parameters (from the spec's ``workload.params``) and
-returns a :class:`Workload`: a model factory, train and validation tensors, and a
-per-sample loss. Users plug in their own as ``package.module:function``.
+returns a :class:`Workload`: a model factory, train and validation tensors (and optionally a
+held-out test split), and a per-sample loss. Users plug in their own as
+``package.module:function``. The sweep selects on the validation split, which the built-ins
+carve from their training data; the test split is evaluated once, for an exported best
+configuration (:mod:`services.holdout`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -33,7 +36,10 @@ class Workload:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     """(outputs, targets) -> one loss per sample (no reduction)."""
     classification: bool = True
-    """Report val/accuracy from the argmax of the outputs."""
+    """Report val/accuracy from the argmax of the outputs (regression workloads: False)."""
+    x_test: Optional[torch.Tensor] = None
+    y_test: Optional[torch.Tensor] = None
+    """Held-out test split, never seen by the sweep; None when the workload has none."""
 
     @property
     def n_train(self) -> int:
@@ -48,6 +54,8 @@ class Workload:
             self.y_val.to(device),
             self.loss_fn,
             self.classification,
+            None if self.x_test is None else self.x_test.to(device),
+            None if self.y_test is None else self.y_test.to(device),
         )
 
 
@@ -73,15 +81,19 @@ def _split(x, y, val_fraction: float, seed: int):
     return x[train], y[train], x[val], y[val]
 
 
-def digits_mlp(hidden: int = 64, depth: int = 1, val_fraction: float = 0.2, data_seed: int = 0) -> Workload:
-    """MLP on scikit-learn's 8x8 digits (1,797 images, ships with the package)."""
+def digits_mlp(hidden: int = 64, depth: int = 1, val_fraction: float = 0.2, test_fraction: float = 0.2,
+               data_seed: int = 0) -> Workload:
+    """MLP on scikit-learn's 8x8 digits (1,797 images, ships with the package): 60% train,
+    20% validation, 20% test."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0
     y = torch.tensor(data.target, dtype=torch.long)
-    x_tr, y_tr, x_va, y_va = _split(x, y, val_fraction, data_seed)
-    return Workload(lambda: _mlp(64, hidden, depth, 10), x_tr, y_tr, x_va, y_va, per_sample_cross_entropy)
+    x_rest, y_rest, x_te, y_te = _split(x, y, test_fraction, data_seed)
+    x_tr, y_tr, x_va, y_va = _split(x_rest, y_rest, val_fraction / (1 - test_fraction), data_seed + 1)
+    return Workload(lambda: _mlp(64, hidden, depth, 10), x_tr, y_tr, x_va, y_va, per_sample_cross_entropy,
+                    x_test=x_te, y_test=y_te)
 
 
 def _cache_dir() -> Path:
@@ -117,11 +129,18 @@ def mnist1d_data(num_samples: int = 5000, data_seed: int = 42) -> dict[str, torc
     return data
 
 
-def mnist1d_mlp(hidden: int = 100, depth: int = 2, num_samples: int = 5000, data_seed: int = 42) -> Workload:
-    """MLP on MNIST-1D (published test accuracy ~68%); validates on the test split."""
+def _mnist1d_splits(num_samples: int, data_seed: int, val_fraction: float) -> dict[str, torch.Tensor]:
+    """MNIST-1D's train split cut into train and validation; its test split kept for the test."""
     d = mnist1d_data(num_samples, data_seed)
-    return Workload(lambda: _mlp(40, hidden, depth, 10), d["x"], d["y"], d["x_test"], d["y_test"],
-                    per_sample_cross_entropy)
+    x_tr, y_tr, x_va, y_va = _split(d["x"], d["y"], val_fraction, data_seed)
+    return dict(x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va, x_test=d["x_test"], y_test=d["y_test"])
+
+
+def mnist1d_mlp(hidden: int = 100, depth: int = 2, num_samples: int = 5000, data_seed: int = 42,
+                val_fraction: float = 0.2) -> Workload:
+    """MLP on MNIST-1D (published test accuracy ~68%); validates on a split of the training data."""
+    return Workload(lambda: _mlp(40, hidden, depth, 10), loss_fn=per_sample_cross_entropy,
+                    **_mnist1d_splits(num_samples, data_seed, val_fraction))
 
 
 class _Conv1dNet(nn.Module):
@@ -143,11 +162,11 @@ class _Conv1dNet(nn.Module):
         return self.head(self.net(x.unsqueeze(1)))
 
 
-def mnist1d_cnn(channels: int = 25, num_samples: int = 5000, data_seed: int = 42) -> Workload:
-    """1-D CNN on MNIST-1D (published test accuracy ~94%); validates on the test split."""
-    d = mnist1d_data(num_samples, data_seed)
-    return Workload(lambda: _Conv1dNet(channels), d["x"], d["y"], d["x_test"], d["y_test"],
-                    per_sample_cross_entropy)
+def mnist1d_cnn(channels: int = 25, num_samples: int = 5000, data_seed: int = 42,
+                val_fraction: float = 0.2) -> Workload:
+    """1-D CNN on MNIST-1D (published test accuracy ~94%); validates on a split of the training data."""
+    return Workload(lambda: _Conv1dNet(channels), loss_fn=per_sample_cross_entropy,
+                    **_mnist1d_splits(num_samples, data_seed, val_fraction))
 
 
 BUILTIN: dict[str, Callable[..., Workload]] = {
@@ -185,6 +204,22 @@ def resolve(spec: WorkloadSpec) -> Callable[..., Workload]:
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, params_json: str) -> Workload:
     return resolve(WorkloadSpec(name=name, params=json.loads(params_json)))(**json.loads(params_json))
+
+
+def check(workload: Workload, source: str = "workload") -> None:
+    """Reject a workload whose loss is not one value per sample (``F.mse_loss`` with its default
+    mean reduction is the usual mistake: it would train with wrong per-sample numbers)."""
+    x, y = workload.x_train[:2], workload.y_train[:2]
+    try:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = workload.loss_fn(workload.model_fn()(x), y)
+    except Exception:  # noqa: BLE001 - a model that cannot run fails inside its trials, with its error
+        return
+    shape = tuple(getattr(out, "shape", ()))
+    if len(shape) != 1 or shape[0] != len(x):
+        raise SpecError(f"{source}.loss_fn: must return one loss per sample (reduction='none'), "
+                        f"shape ({len(x)},) for 2 samples; got shape {shape}")
 
 
 def load(spec: WorkloadSpec, device: torch.device | str = "cpu") -> Workload:

@@ -74,6 +74,11 @@ def test_export_holds_the_best_constant_per_group(smoke_sweep):
             min(c.data.metrics[m.VAL_LOSS] for c in members if c.data.tags.get(m.TAG_DIVERGED) != "true"
                 and c.data.tags.get(m.TAG_STOPPED_EARLY) != "true") if const["trials"]["completed"] else best["val_loss_per_sample"])
         assert const["formula"].startswith(f"lr = {const['lr_per_sample']:.6g} * batch_size**")
+        assert const["answer"]["source"] == "best trial"  # two batch sizes: nothing to fit
+        assert const["rule"]["holds_for"] is None and const["verdict"].startswith("inconclusive")
+        if not run.data.tags.get(m.TAG_STOPPED_EARLY) == "true":  # the test split, once, for the best
+            assert 0 <= best["test_accuracy"] <= 1 and best["rerun_reproduced"] is True
+            assert client.get_run(best["run_id"]).data.metrics[m.TEST_ACCURACY] == best["test_accuracy"]
         for row in const["per_batch_size"]:
             assert row["lr"] == pytest.approx(row["lr_per_sample"] * row["batch_size"] ** const["k"])
     artifacts = {a.path for a in client.list_artifacts(doc["parent_run_id"], "export")}

@@ -16,6 +16,7 @@ from typing import Iterable, Mapping, Optional
 
 from search_spaces.scaling import ADAPTIVE
 from services.fit import (
+    K_TOL,
     LawFit,
     Optimum,
     PowerLaw,
@@ -98,7 +99,8 @@ class Answer:
     """The formula a user applies at any batch size, and where it comes from.
 
     ``source``: 'rule' (the rule's exponent with c fitted over the batch sizes where it was
-    checked), 'power law' (the rule does not hold: the fitted exponent), 'saturating' or
+    checked; it holds, or its interval also covers another rule), 'power law' (the interval
+    excludes the rule's exponent: the fitted one), 'saturating' or
     'surge' (that law is better supported than any power law), or 'best trial' (too few batch
     sizes to fit anything: the best trial's c with the rule's exponent, unchecked).
     """
@@ -165,10 +167,12 @@ class GroupSummary:
 
     @property
     def b_noise_law(self) -> Optional[LawFit]:
-        """The law whose B_noise to report: the chosen one if it has one, else the saturating fit."""
+        """The law whose B_noise to report: the chosen one if it has one, else the surge fit (Adam)
+    or the saturating fit (SGD), though not chosen."""
         if self.chosen is not None and "b_noise" in self.chosen.params:
             return self.chosen
-        return next((law for law in self.laws if law.name == "saturating"), None)
+        fallback = "surge" if self.optimizer in ADAPTIVE else "saturating"  # the law of this optimizer
+        return next((law for law in self.laws if law.name == fallback), None)
 
     @property
     def b_noise_agrees(self) -> Optional[bool]:
@@ -251,7 +255,9 @@ def _answer(g_best: Optional[TrialRecord], k: float, chosen: Optional[LawFit], l
             text: str, rule_c, swept: list[int]) -> Optional[Answer]:
     if chosen is not None and chosen.name != "power":
         return Answer(chosen.name, chosen, (min(chosen.batch_sizes), max(chosen.batch_sizes)))
-    if chosen is not None and text.startswith("does not hold"):
+    excluded = law is not None and len(law.batch_sizes) >= 3 and not law.k_lo - K_TOL <= k <= law.k_hi + K_TOL
+    if chosen is not None and len(chosen.batch_sizes) >= 3 and (text.startswith("does not hold") or excluded):
+        # the rule's k is ruled out: the fitted exponent
         return Answer("power law", chosen, (min(chosen.batch_sizes), max(chosen.batch_sizes)))
     if law is not None and rule_c is not None and len(law.batch_sizes) >= 3:
         c, lo, hi = rule_c
@@ -348,14 +354,16 @@ def format_table(groups: list[GroupSummary]) -> str:
         if g.answer is None:
             continue
         lines.append(f"{g.name}: rule {g.verdict}")
-        law = f"from the {g.answer.source}" + (
+        source = g.answer.source + (" law" if g.answer.source in ("saturating", "surge") else "")
+        law = f"from the {source}" + (
             f"; best-supported law by AICc: {g.chosen.name} (of {', '.join(x.name for x in g.laws)})" if g.chosen else "")
         lines.append(f"    {g.answer.formula}  for B in {g.answer.batch_range[0]}..{g.answer.batch_range[1]}  [{law}]")
         agree = g.b_noise_agrees
         if agree is not None:
             lo, hi = g.b_noise_law.intervals["b_noise"]
             span = f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]"
-            lines.append(f"    B_noise from the LR fit {g.b_noise_law.params['b_noise']:.3g} {span} "
+            fit = "LR fit" if g.b_noise_law is g.chosen else f"{g.b_noise_law.name} fit (not chosen)"
+            lines.append(f"    B_noise from the {fit} {g.b_noise_law.params['b_noise']:.3g} {span} "
                          f"{'agrees' if agree else 'disagrees'} with B_simple measured "
                          f"{g.b_simple_range[0]:.3g}..{g.b_simple_range[1]:.3g}")
         if g.counts.get("did_not_learn"):

@@ -255,7 +255,7 @@ def _search_spec(name: str, tied: bool, seed: int, quick: bool):
         "searcher": {"kind": "tpe" if tied else "random", "num_trials": 4 if quick else (40 if tied else 120),
                      "max_concurrent": 2, "seed": seed},
         "space": space, "budget": {"epochs": 2 if quick else 10},
-        "asha": {"enabled": tied, "grace_period_samples": 1437 if quick else 2874},
+        "asha": {"enabled": tied, "grace_period_samples": 1078 if quick else 2156},
         "noise": {"enabled": False},
     })
 

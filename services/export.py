@@ -209,7 +209,7 @@ def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
     }
     law = g.b_noise_law
     if law is not None:
-        doc["noise"] = {"law": law.name, "b_noise": law.params["b_noise"],
+        doc["noise"] = {"law": law.name, "law_chosen": law is g.chosen, "b_noise": law.params["b_noise"],
                         "b_noise_interval": list(law.intervals["b_noise"]),
                         "b_simple_measured": list(g.b_simple_range) if g.b_simple_range else None,
                         "agree": g.b_noise_agrees}

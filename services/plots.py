@@ -112,7 +112,7 @@ def _lr_star(groups, title):
                     label="lr*(B), 90% interval")
         if (~inside).any():
             ax.errorbar(bs[~inside], lr[~inside], yerr=err[:, ~inside], fmt="o", mfc="white", color="C0",
-                        capsize=3, label="above the valid range")
+                        capsize=3, label="above the checked range")
         grid = np.geomspace(bs.min() / 1.3, bs.max() * 1.3, 80)
         styles = {"power": "C1", "saturating": "C4", "surge": "C5"}
         for law in g.laws:

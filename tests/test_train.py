@@ -79,8 +79,10 @@ def test_run_trial_reports_contract_metrics_at_sample_counts(workload):
     assert len(reports) == 3
     assert set(m.REPORTED) <= set(reports[0])
     assert all(r[m.B_SIMPLE] > 0 for r in reports)
-    # a report at the first step that reaches each multiple of 1437 samples: ceil(k * 1437 / 64)
-    assert [r[m.UPDATES] for r in reports] == [23, 45, 68]
+    # a report at the first step that reaches each multiple of n_train samples: ceil(k * n_train / 64)
+    n = workload.n_train
+    assert n == 1078  # digits: 60% of 1,797 images train
+    assert [r[m.UPDATES] for r in reports] == [math.ceil(k * n / 64) for k in (1, 2, 3)] == [17, 34, 51]
     assert all(r[m.SAMPLES_SEEN] == r[m.UPDATES] * 64 for r in reports)
     assert reports[-1][m.VAL_LOSS] < reports[0][m.VAL_LOSS]
     assert reports[-1][m.DIVERGED] == 0.0

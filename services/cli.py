@@ -23,11 +23,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _load_checked(path: str):
-    """Load the spec and resolve its workload: every input check happens here, up front."""
+    """Load the spec, resolve its workload and check its loss: every input check happens here, up front."""
     from services import workloads
 
     spec = load_spec(path)
     workloads.resolve(spec.workload)
+    workloads.check(workloads.load(spec.workload))  # builds the data once; the driver reuses it
     return spec
 
 

@@ -11,3 +11,12 @@ def broken_model(hidden: int = 8) -> Workload:
         raise RuntimeError("boom: model cannot be built")
 
     return Workload(model_fn, base.x_train, base.y_train, base.x_val, base.y_val, base.loss_fn)
+
+
+def mean_loss(hidden: int = 8) -> Workload:
+    """Digits with the usual mistake: a loss reduced to one number instead of one per sample."""
+    from torch.nn import functional as F
+
+    base = digits_mlp(hidden=hidden)
+    return Workload(base.model_fn, base.x_train, base.y_train, base.x_val, base.y_val,
+                    lambda out, y: F.cross_entropy(out, y))

@@ -24,6 +24,7 @@ def run_cli(*args, cwd):
     (spec_dict(workload={"name": "digits_mlp", "params": {"width": 3}}), "workload.params"),
     (spec_dict(workload={"name": "nowhere.module:fn"}), "workload.name"),
     (spec_dict(searcher={"kind": "random", "num_trials": -1}), "searcher.num_trials"),
+    (spec_dict(workload={"name": "tests.plugin_workloads:mean_loss"}), "workload.loss_fn"),
 ])
 def test_bad_spec_exits_2_with_one_line_and_writes_nothing(tmp_path, data, field):
     spec = tmp_path / "bad.yaml"

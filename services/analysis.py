@@ -15,19 +15,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional
 
 from search_spaces.scaling import ADAPTIVE
-from services.fit import (
-    K_TOL,
-    LawFit,
-    Optimum,
-    PowerLaw,
-    choose_law,
-    fit_laws,
-    intervals_overlap,
-    optimal_lr,
-    rule_constant,
-    valid_range,
-    verdict,
-)
+from services.fit import K_TOL, Optimum, PowerLaw, optimal_lr, rule_constant, valid_range, verdict
+from services.laws import LawFit, choose_law, fit_laws, intervals_overlap
 
 LEARN_FRACTION = 0.1
 """A trial learned when its val loss fell below its initial loss by at least this fraction of

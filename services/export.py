@@ -31,7 +31,8 @@ from search_spaces.scaling import ADAPTIVE, lr_for
 from services import metrics as m
 from services.analysis import GroupSummary, TrialRecord, edge_warning, summarize
 from services.errors import ExportError, SpecError, TrackingError
-from services.fit import AIC_MARGIN, CI, LawFit
+from services.fit import CI
+from services.laws import AIC_MARGIN, LawFit
 from services.tracking import PARENT_TAG, client_for
 
 if TYPE_CHECKING:

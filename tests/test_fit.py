@@ -5,16 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from services.fit import (
-    PowerLaw,
-    choose_law,
-    fit_laws,
-    fit_power_law,
-    optimal_lr,
-    rule_constant,
-    valid_range,
-    verdict,
-)
+from services.fit import PowerLaw, fit_power_law, optimal_lr, rule_constant, valid_range, verdict
+from services.laws import choose_law, fit_laws
 
 BATCHES = (8, 16, 32, 64, 128, 256, 512)
 

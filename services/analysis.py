@@ -201,9 +201,11 @@ def learned(records: list[TrialRecord]) -> tuple[list[TrialRecord], list[TrialRe
     gain = lambda r: r.initial_loss - r.val_loss  # noqa: E731
     best_gain = max(gain(r) for r in known)
     if best_gain <= 0:  # nobody improved on the initial loss
-        return [r for r in records if r not in known], known
-    bad = [r for r in known if gain(r) < LEARN_FRACTION * best_gain and r.val_loss > best]
-    return [r for r in records if r not in bad], bad
+        bad = known
+    else:
+        bad = [r for r in known if gain(r) < LEARN_FRACTION * best_gain and r.val_loss > best]
+    out = {id(r) for r in bad}  # by identity: comparing frozen dataclasses field by field is O(n^2) work
+    return [r for r in records if id(r) not in out], bad
 
 
 def _counts(records: list[TrialRecord], did_not_learn: int = 0) -> dict[str, int]:

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from services import cli_local, paths
-from services.errors import ENVIRONMENT_ERRORS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, USAGE_ERRORS, SpecError
+from services.errors import (ENVIRONMENT_ERRORS, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, USAGE_ERRORS,
+                             SpecError, SweepInterrupted)
 from services.spec import load_spec
 
 
@@ -51,6 +52,21 @@ def _summary(outcome, args, spec) -> int:
     return EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK
 
 
+def _sigterm_as_sigint() -> None:
+    """SIGTERM (``kill``, ``make down``, a cluster manager) stops a driver the way Ctrl-C does:
+    Tune saves its state, open runs are marked KILLED, and ``make resume`` continues."""
+    import signal
+
+    def on_term(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)  # Tune's own while fit() runs
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def cmd_drive(args) -> int:
     """sweep and resume: detached while `make up` runs, else the driver runs here."""
     spec = _load_checked(args.spec)
@@ -60,8 +76,9 @@ def cmd_drive(args) -> int:
     from services import runner
 
     uri = args.tracking_uri or paths.tracking_uri()
+    _sigterm_as_sigint()
     if args.command == "resume":
-        outcome = runner.resume_sweep(spec, tracking_uri=uri, ray_address=args.ray_address)
+        outcome = runner.resume_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
     else:
         outcome = runner.run_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
     return _summary(outcome, args, spec)
@@ -232,9 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     except ENVIRONMENT_ERRORS as err:
         print(f"samplewise: error: {err}", file=sys.stderr)
         return EXIT_FAILED
+    except SweepInterrupted as err:
+        print(f"samplewise: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("samplewise: interrupted; finished trials are in MLflow", file=sys.stderr)
-        return 130
+        spec = getattr(args, "spec", None)
+        again = f"; continue it with: make resume SWEEP={spec}" if args.command in ("sweep", "resume") else ""
+        print(f"samplewise: interrupted; finished trials are in MLflow{again}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -26,8 +26,13 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names the URI."""
 
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-"""Exit statuses: success; a failed run or an environment problem; bad input."""
+class SweepInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped a sweep driver; the sweep is left resumable."""
+
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""Exit statuses: success; a failed run or an environment problem; bad input; interrupted
+(128 + SIGINT, what a shell reports for Ctrl-C)."""
 
 USAGE_ERRORS = (SpecError, ExportError, ResumeError)
 ENVIRONMENT_ERRORS = (TrackingError, ServiceError)

@@ -35,6 +35,10 @@ MAX_RSS_MB = "perf/max_rss_mb"
 B_SIMPLE = "noise/b_simple"
 """EMA-smoothed gradient noise scale tr(Sigma)/|G|^2 (McCandlish et al. 2018), in samples."""
 
+REPLAYED = "replayed"
+"""1.0 on the results of a resumed sweep's trial that a dead driver had already trained to the
+end: replayed from MLflow to Tune's searcher and scheduler, not trained again or logged twice."""
+
 NODE_ID = "node_id"
 """The Ray node a trial ran on (reported with each result; a tag in MLflow, not a metric)."""
 
@@ -74,5 +78,7 @@ TAG_SPEC_PATH = "samplewise.spec"
 TAG_BUDGET_SAMPLES = "samplewise.budget_samples"
 TAG_NODE_ID = "samplewise.node_id"
 TAG_RAY_RUN = "samplewise.ray_run"
+TAG_SUPERSEDED = "samplewise.superseded"
+"""On a KILLED run that a dead driver finished but the resumed sweep did not ask for again: why."""
 TAG_TEST_RERUN = "samplewise.test_rerun"
 """On a best trial whose test split was evaluated: the rerun's val loss and whether it matched."""

@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces.tied import grid_points, tied_space
 from services import metrics as m
 from services import paths, tracking, workloads
-from services.errors import ResumeError
+from services.errors import ResumeError, SweepInterrupted
 from services.schedulers import GroupedASHA
 from services.spec import SweepSpec
 from services.train import tune_trainable
@@ -143,9 +143,19 @@ def _snapshot_period(spec: SweepSpec) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", f"{spec.failures.snapshot_every_s:g}")
 
 
-def make_trainable(spec: SweepSpec):
-    """The Tune trainable of ``spec``: the same for a new sweep and a resumed one."""
-    return tune.with_resources(tune.with_parameters(tune_trainable, spec=spec), trial_resources(spec))
+def make_trainable(spec: SweepSpec, replay: dict | None = None):
+    """The Tune trainable of ``spec``: the same for a new sweep and a resumed one (which also
+    passes what the dead driver's finished trials reported, see :func:`tune_trainable`)."""
+    return tune.with_resources(tune.with_parameters(tune_trainable, spec=spec, replay=replay), trial_resources(spec))
+
+
+def check_complete(results, spec: SweepSpec, spec_path: str) -> None:
+    """Raise :class:`SweepInterrupted` unless every trial ended: on Ctrl-C, Tune saves its state
+    and ``fit()`` returns as if the sweep were done."""
+    ended = results.num_terminated + results.num_errors
+    if ended < spec.num_trials:
+        raise SweepInterrupted(f"sweep {spec.name} interrupted with {ended} of {spec.num_trials} trials done; "
+                               f"continue it with: make resume SWEEP={spec_path or '<spec>'}")
 
 
 @contextlib.contextmanager
@@ -222,6 +232,7 @@ def run_sweep(
                 ),
             )
             results = tuner.fit()
+            check_complete(results, spec, spec_path)
     except Exception:
         if tracker is not None and tracker.error is not None:
             raise tracker.error from None  # the store never opened: that, not what it caused
@@ -236,6 +247,7 @@ def run_sweep(
 def resume_sweep(
     spec: SweepSpec,
     *,
+    spec_path: str = "",
     tracking_uri: str | None = None,
     ray_address: str | None = None,
     stream: IO[str] | None = None,
@@ -265,11 +277,14 @@ def resume_sweep(
     try:
         stream.write(f"resuming sweep {spec.name} from {path} (MLflow parent run {parent.info.run_id})\n")
         stream.flush()
+        replay = tracking.recorded_results(client, parent.info.experiment_id, parent.info.run_id)
         client.update_run(parent.info.run_id, status="RUNNING")
         _snapshot_period(spec)
         with _submission(lambda status: client.set_terminated(parent.info.run_id, status=status)):
-            tuner = tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(path, trainable=make_trainable(spec, replay), resume_unfinished=True,
+                                       resume_errored=True)
             results = tuner.fit()
+            check_complete(results, spec, spec_path)
         return SweepOutcome(parent.info.run_id, parent.info.experiment_id, uri, path, results.num_errors)
     finally:
         if started:

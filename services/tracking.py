@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 
 PARENT_TAG = "mlflow.parentRunId"
 
+SUPERSEDED_WHY = ("trained by a driver that died before Ray Tune recorded the trial; the resumed sweep "
+                  "did not ask for this configuration again")
+
+KEY_PARAMS = tuple(k for k in m.PARAMS if k != "workload")
+
+
+def trial_key(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """What makes two trials the same configuration: their params as MLflow stores them (the
+    ``str`` of each Tune config value), so a Tune config and an MLflow run compare equal."""
+    return tuple(str(params.get(k, "")) for k in KEY_PARAMS)
+
 
 def client_for(tracking_uri: str) -> "MlflowClient":
     from mlflow.tracking import MlflowClient
@@ -62,6 +73,33 @@ def ensure_experiment(client: "MlflowClient", name: str, artifact_location: str 
     except Exception as err:  # any store failure: unreachable server, bad URI, locked file
         summary = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrackingError(f"MLflow tracking store {client.tracking_uri} is not usable: {summary}") from None
+
+
+def child_runs(client: "MlflowClient", experiment_id: str, parent_run_id: str) -> list:
+    """Every child run of ``parent_run_id``, all pages."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def recorded_results(client: "MlflowClient", experiment_id: str, parent_run_id: str) -> dict[tuple, list[dict]]:
+    """What each FINISHED child run reported, by configuration: enough for Tune's searcher and
+    scheduler to learn a trial again without training it (objective and samples seen at every
+    report, then the run's last values of every metric)."""
+    out: dict[tuple, list[dict]] = {}
+    for run in child_runs(client, experiment_id, parent_run_id):
+        if run.info.status != "FINISHED" or run.data.tags.get(m.TAG_SUPERSEDED):
+            continue
+        final = {k: v for k, v in run.data.metrics.items() if k in m.REPORTED}
+        history = sorted((p.step, p.value) for p in client.get_metric_history(run.info.run_id, m.OBJECTIVE))
+        results = [{m.SAMPLES_SEEN: step, m.OBJECTIVE: value, m.DIVERGED: 0.0} for step, value in history[:-1]]
+        out.setdefault(trial_key(run.data.params), results + [{**final, m.REPLAYED: 1.0}])
+    return out
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -179,6 +217,8 @@ class MlflowTracker(tune.Callback):
         self._last_step: dict[str, int] = {}  # run id -> last samples_seen logged
         self._node_tagged: set[str] = set()
         self._staged: dict[str, dict[str, list]] = {}  # run id -> metrics, params, tags not yet written
+        self._previous: dict[str, str] = {}  # run id -> status, for runs a previous driver created
+        self._unclaimed: dict[tuple, list[str]] = {}  # configuration -> previous runs no trial took yet
         self._loaded = False
         self._writer = Writer(self._write_staged, self.LINGER_S)
 
@@ -223,28 +263,33 @@ class MlflowTracker(tune.Callback):
         self.experiment_id, self.parent_run_id = experiment.experiment_id, runs[0].info.run_id
 
     def _load_existing(self) -> None:
-        """Adopt the child runs a previous driver of this sweep created (resume after a crash)."""
+        """Adopt the child runs a previous driver of this sweep created (resume after a crash):
+        by trial id for the trials Tune restores, by configuration for the trials the restored
+        searcher asks for again (those the dead driver started after Tune's last snapshot)."""
         if self._loaded:
             return
         self._loaded = True
         if self.parent_run_id is None:
             self._find_parent()
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-                max_results=1000, page_token=token,
-            )
-            for run in page:
-                trial_id = run.data.tags.get(m.TAG_TRIAL_ID)
-                if trial_id:
-                    self._runs[trial_id] = run.info.run_id
-                    self._last_step[run.info.run_id] = int(run.data.metrics.get(m.SAMPLES_SEEN, -1))
-                    if run.info.status == "RUNNING":  # cut off by the crash: continue it or end it
-                        self._open.add(run.info.run_id)
-            token = page.token
-            if not token:
-                return
+        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
+            run_id, status = run.info.run_id, run.info.status
+            trial_id = run.data.tags.get(m.TAG_TRIAL_ID)
+            if trial_id:
+                self._runs[trial_id] = run_id
+            self._last_step[run_id] = int(run.data.metrics.get(m.SAMPLES_SEEN, -1))
+            self._previous[run_id] = status
+            self._unclaimed.setdefault(trial_key(run.data.params), []).append(run_id)
+            if status == "RUNNING":  # cut off by the crash: continue it or end it
+                self._open.add(run_id)
+        for runs in self._unclaimed.values():  # finished runs first: a configuration asked for again takes that one
+            runs.sort(key=lambda r: self._previous[r] != "FINISHED")
+
+    def _claim(self, run_id: str) -> None:
+        for key, runs in list(self._unclaimed.items()):
+            if run_id in runs:
+                runs.remove(run_id)
+                if not runs:
+                    del self._unclaimed[key]
 
     @property
     def client(self) -> "MlflowClient":
@@ -255,11 +300,20 @@ class MlflowTracker(tune.Callback):
     # -- writes, on the writer thread ---------------------------------------------------------
 
     def _start(self, trial_id: str, config: dict) -> str:
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
 
         self._load_existing()
-        if trial_id in self._runs:
-            return self._runs[trial_id]
+        run_id = self._runs.get(trial_id)
+        adopted = self._unclaimed.get(trial_key(config))
+        if run_id is None and adopted:  # this configuration already has a run: continue it, no second run
+            run_id = self._runs[trial_id] = adopted[0]
+            self._stage(run_id).tags[m.TAG_TRIAL_ID] = RunTag(m.TAG_TRIAL_ID, trial_id)
+        if run_id is not None:
+            self._claim(run_id)
+            if self._previous.get(run_id, "FINISHED") != "FINISHED" and run_id not in self._open:
+                self.client.update_run(run_id, status="RUNNING")  # interrupted before: it goes on now
+                self._open.add(run_id)
+            return run_id
         config = dict(config, workload=self.workload)
         name = f"{config.get('optimizer')}-{config.get('reduction')}-B{config.get('batch_size')}-{trial_id}"
         run = self.client.create_run(
@@ -322,6 +376,25 @@ class MlflowTracker(tune.Callback):
             self.client.set_terminated(run_id, status=status)
             self._open.discard(run_id)
 
+    def _claim_trials(self, trial_ids: list[str]) -> None:
+        self._load_existing()
+        for trial_id in trial_ids:
+            if trial_id in self._runs:
+                self._claim(self._runs[trial_id])
+
+    def _write_superseded(self) -> None:
+        """After a resumed sweep completed: a finished run that no trial of the restored sweep
+        asked for again (TPE, told other results, chose differently) is not one of the sweep's
+        configurations. It is marked KILLED with a tag saying why, so no analysis counts it."""
+        from mlflow.entities import RunTag
+
+        for runs in self._unclaimed.values():
+            for run_id in runs:
+                if self._previous.get(run_id) == "FINISHED":
+                    self.client.log_batch(run_id, tags=[RunTag(m.TAG_SUPERSEDED, SUPERSEDED_WHY)])
+                    self.client.update_run(run_id, status="KILLED")
+        self._unclaimed.clear()
+
     # -- Tune callbacks, on Tune's loop: copy what is needed, queue the write -----------------
 
     def _submit(self, fn, *args) -> None:
@@ -353,6 +426,8 @@ class MlflowTracker(tune.Callback):
         self._submit(self._write_end, trial.trial_id, dict(trial.config), "FAILED", tags)
 
     def on_experiment_end(self, trials, **info):
+        # trials Tune restored as already ended never start again: their runs are the sweep's
+        self._submit(self._claim_trials, [t.trial_id for t in trials])
         self.close("KILLED")
 
     def close(self, status: str = "KILLED") -> None:
@@ -365,4 +440,7 @@ class MlflowTracker(tune.Callback):
         parent run ``status``; raises the store's error if it could never be opened."""
         self.close("KILLED")
         self.wait_open()
+        if status == "FINISHED":
+            self._submit(self._write_superseded)
+            self._writer.flush()
         self.client.set_terminated(self.parent_run_id, status=status)

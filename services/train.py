@@ -247,13 +247,26 @@ def budget_of(spec, n_train: int) -> Budget:
     )
 
 
-def tune_trainable(config: dict, spec) -> None:
-    """The Ray Tune function trainable: one trial of ``spec`` with hyperparameters ``config``."""
+def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
+    """The Ray Tune function trainable: one trial of ``spec`` with hyperparameters ``config``.
+
+    ``replay`` (a resumed sweep) maps configurations that a dead driver already trained to the
+    end to what they reported: such a trial reports that again, for the searcher and the
+    scheduler, instead of training. A trial continued from a checkpoint first reports again
+    what it reported before the checkpoint, so the tracker can write whatever the dead driver
+    had not (it skips what MLflow already holds).
+    """
     import ray
     from ray import tune
 
     from services import workloads
+    from services.tracking import trial_key
 
+    recorded = (replay or {}).get(trial_key(config))
+    if recorded:
+        for result in recorded:
+            tune.report(result)
+        return
     threads = max(1, int(spec.resources.cpus_per_trial))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -265,16 +278,20 @@ def tune_trainable(config: dict, spec) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             resume = torch.load(os.path.join(path, STATE_FILE), map_location=device, weights_only=False)
+    reported: list[dict] = list((resume or {}).get("reported", []))
+    for result in reported:
+        tune.report(result)
 
     def report(metrics: dict, state: dict) -> None:
         # a resumed or retried trial continues from its last checkpoint
         nonlocal last_checkpoint
         metrics = {**metrics, m.NODE_ID: node_id}
+        reported.append(metrics)
         if time.monotonic() - last_checkpoint < spec.failures.checkpoint_every_s:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as path:
-            torch.save(state, os.path.join(path, STATE_FILE))
+            torch.save({**state, "reported": reported}, os.path.join(path, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
         last_checkpoint = time.monotonic()
 

@@ -1,24 +1,29 @@
-"""Kill a real sweep driver with SIGKILL mid-run, resume it, and count the MLflow runs."""
+"""Interrupt a real sweep driver (Ctrl-C, SIGTERM, SIGKILL), resume it, and count the MLflow runs:
+for any moment of the interruption, one FINISHED run per configuration with its whole curve."""
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from services import metrics as m
+from services.tracking import trial_key
 from tests.conftest import ROOT
 
+NUM_TRIALS = 8
 SPEC = {
     "name": "resumable",
     "workload": {"name": "digits_mlp", "params": {"hidden": 32}},
-    "searcher": {"kind": "random", "num_trials": 8, "max_concurrent": 2, "seed": 0},
+    "searcher": {"kind": "random", "num_trials": NUM_TRIALS, "max_concurrent": 2, "seed": 0},
     "space": {"batch_sizes": [16, 32], "lr_per_sample": {"low": 1e-3, "high": 1e-2},
               "reductions": ["mean"], "optimizers": ["sgd"]},
-    "budget": {"epochs": 12},
+    "budget": {"epochs": 12, "report_every_samples": 2000},
     "asha": {"enabled": False},
     # checkpoint and snapshot often, so the kill lands between checkpoints of running trials
     "failures": {"checkpoint_every_s": 0.5, "snapshot_every_s": 1},
@@ -29,52 +34,95 @@ def _cli(*args, cwd, log, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "services.cli", *args], cwd=cwd, env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, **kw)
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, **kw)
 
 
 def _children(client, experiment_id):
     return client.search_runs([experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
 
 
-def test_sigkill_mid_sweep_then_resume_keeps_one_run_per_trial(tmp_path):
-    (tmp_path / "resume.yaml").write_text(yaml.safe_dump(SPEC))
+def _start_and_wait(tmp_path, spec, min_finished):
+    """Start the sweep driver (in its own process group, like a terminal's foreground job) and
+    return once ``min_finished`` trials have finished."""
+    (tmp_path / "resume.yaml").write_text(yaml.safe_dump(spec))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    log = tmp_path / "driver.log"
     client = MlflowClient(uri)
-    client.search_experiments()  # create the store's tables first: two processes must not both migrate it
-    driver = _cli("sweep", "resume.yaml", "--tracking-uri", uri, cwd=tmp_path, log=log, start_new_session=True)
+    driver = _cli("sweep", "resume.yaml", "--tracking-uri", uri, cwd=tmp_path, log=tmp_path / "driver.log")
     finished, deadline = [], time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and len(finished) < 2:
-            time.sleep(0.3)
-            experiment = client.get_experiment_by_name("resumable")
-            if experiment is not None:
-                finished = [r for r in _children(client, experiment.experiment_id) if r.info.status == "FINISHED"]
-        assert len(finished) >= 2, "the sweep never got going"
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        driver.wait()
-    experiment = client.get_experiment_by_name("resumable")
-    before = {r.data.tags[m.TAG_TRIAL_ID]: r for r in _children(client, experiment.experiment_id)}
-    assert len([r for r in before.values() if r.info.status == "FINISHED"]) < SPEC["searcher"]["num_trials"]
-    assert any(r.info.status == "RUNNING" for r in before.values()), "nothing was cut off"
+    while time.monotonic() < deadline and len(finished) < min_finished and driver.poll() is None:
+        time.sleep(0.3)
+        try:
+            experiment = client.get_experiment_by_name(spec["name"])
+        except Exception:  # the driver is still creating the store's tables
+            continue
+        if experiment is not None:
+            finished = [r for r in _children(client, experiment.experiment_id) if r.info.status == "FINISHED"]
+    if len(finished) < min_finished:
+        os.killpg(driver.pid, signal.SIGKILL)
+        pytest.fail("the sweep never got going: " + (tmp_path / "driver.log").read_text()[-3000:])
+    return driver, client, uri
 
+
+def _resume_and_check(tmp_path, client, uri, spec, finished_before):
     resumed = _cli("resume", "resume.yaml", "--tracking-uri", uri, cwd=tmp_path, log=tmp_path / "resume.log")
     assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-3000:]
-
+    experiment = client.get_experiment_by_name(spec["name"])
     parents = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'parent'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     after = _children(client, experiment.experiment_id)
-    trial_ids = [r.data.tags[m.TAG_TRIAL_ID] for r in after]
-    assert len(trial_ids) == len(set(trial_ids)), "a trial got a second child run"
-    done = [r for r in after if r.info.status == "FINISHED"]
-    assert len(done) >= SPEC["searcher"]["num_trials"]
     assert all(r.info.status in ("FINISHED", "KILLED") for r in after), "a run was left RUNNING"
-    # finished trials were kept, not run again
-    for trial_id, run in before.items():
-        if run.info.status == "FINISHED":
-            assert client.get_run(run.info.run_id).info.end_time == run.info.end_time, trial_id
-    # every run's curve has each sample count once: continued trials did not log twice
-    for run in after:
-        steps = [p.step for p in client.get_metric_history(run.info.run_id, m.SAMPLES_SEEN)]
-        assert len(steps) == len(set(steps))
+    done = [r for r in after if r.info.status == "FINISHED"]
+    keys = [trial_key(r.data.params) for r in done]
+    assert len(done) == spec["searcher"]["num_trials"], f"{len(done)} FINISHED runs for {NUM_TRIALS} trials"
+    assert len(set(keys)) == len(keys), "a configuration was trained (and counted) twice"
+    # finished runs were kept, not run again
+    for run in finished_before:
+        assert client.get_run(run.info.run_id).info.end_time == run.info.end_time, run.info.run_name
+    # every curve is whole: each report once, from the first interval to the budget
+    for run in done:
+        steps = [p.step for p in client.get_metric_history(run.info.run_id, m.VAL_LOSS)]
+        assert steps == _report_steps(int(run.data.params["batch_size"])), (run.info.run_name, steps)
+    return after
+
+
+def _report_steps(batch_size, n_train=1078, interval=2000):
+    """The sample counts at which an uninterrupted trial reports (services.train.run_trial)."""
+    total, samples, next_report, steps = math.ceil(SPEC["budget"]["epochs"] * n_train), 0, interval, []
+    while samples < total:
+        samples += batch_size
+        if samples < total and (samples < next_report or total - samples < interval / 2):
+            continue
+        steps.append(samples)
+        next_report = (samples // interval + 1) * interval
+    return steps
+
+
+def test_sigkill_at_any_moment_then_resume_keeps_one_finished_run_per_configuration(tmp_path):
+    # no experiment snapshot after the start: every trial that finished before the kill is unknown
+    # to the restored Tune state, the worst moment for a kill
+    spec = {**SPEC, "failures": {"checkpoint_every_s": 0, "snapshot_every_s": 3600}}
+    driver, client, uri = _start_and_wait(tmp_path, spec, min_finished=3)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    experiment = client.get_experiment_by_name(spec["name"])
+    before = _children(client, experiment.experiment_id)
+    finished_before = [r for r in before if r.info.status == "FINISHED"]
+    assert len(finished_before) < NUM_TRIALS
+    _resume_and_check(tmp_path, client, uri, spec, finished_before)
+
+
+def test_ctrl_c_exits_nonzero_leaves_the_sweep_resumable_and_resume_finishes_it(tmp_path):
+    driver, client, uri = _start_and_wait(tmp_path, SPEC, min_finished=2)
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the foreground group
+    status = driver.wait(timeout=120)
+    log = (tmp_path / "driver.log").read_text()
+    assert status == 130, log[-3000:]
+    assert "interrupted" in log and "make resume" in log, log[-2000:]
+    experiment = client.get_experiment_by_name(SPEC["name"])
+    parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'parent'")[0]
+    assert parent.info.status == "KILLED"
+    before = _children(client, experiment.experiment_id)
+    assert all(r.info.status != "RUNNING" for r in before)
+    finished_before = [r for r in before if r.info.status == "FINISHED"]
+    assert len(finished_before) < NUM_TRIALS
+    _resume_and_check(tmp_path, client, uri, SPEC, finished_before)

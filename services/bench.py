@@ -196,7 +196,7 @@ def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result, dict]
     configs = _configs(spec)
     uri = f"sqlite:///{store / 'orchestration.db'}"
     start = time.perf_counter()
-    ensure_experiment(client_for(uri), "bench_store")
+    ensure_experiment(client_for(uri, create=True), "bench_store")
     store_create_s = time.perf_counter() - start
     walls: dict[str, list[float]] = {"bare": [], "samplewise": [], "untracked": []}
     cpu: dict[str, list[float]] = {"samplewise": [], "untracked": []}
@@ -321,7 +321,7 @@ def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
 
     spec = _search_spec("bench_tracking", True, 0, quick)
     uri = f"sqlite:///{store / 'tracking.db'}"
-    client = client_for(uri)
+    client = client_for(uri, create=True)
     ensure_experiment(client, "bench_store")  # the store exists before the clock starts, as in orchestration
     walls: dict[str, list[float]] = {"samplewise": [], "untracked": []}
     cpu: dict[str, list[float]] = {"samplewise": [], "untracked": []}

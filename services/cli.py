@@ -8,13 +8,14 @@ before anything starts; an unusable tracking store exits with status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from services import cli_local, paths
 from services.errors import (ENVIRONMENT_ERRORS, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, USAGE_ERRORS,
                              SpecError, SweepInterrupted)
-from services.spec import load_spec
+from services.spec import check_cpus, load_spec
 
 
 
@@ -28,9 +29,13 @@ def _load_checked(path: str):
     from services import workloads
 
     spec = load_spec(path)
-    workloads.resolve(spec.workload)
-    workloads.check(workloads.load(spec.workload))  # builds the data once; the driver reuses it
+    workloads.build(spec.workload)  # builds the data once; the driver reuses it
+    if not paths.ray_address():  # a local Ray gets this machine's CPUs; a cluster is checked on connecting
+        check_cpus(spec, float(os.cpu_count() or 1))
     return spec
+
+
+
 
 
 def cmd_validate(args) -> int:

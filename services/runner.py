@@ -20,7 +20,7 @@ from services import metrics as m
 from services import paths, tracking, workloads
 from services.errors import ResumeError, SweepInterrupted
 from services.schedulers import GroupedASHA
-from services.spec import SweepSpec
+from services.spec import SweepSpec, check_cpus
 from services.train import tune_trainable
 
 
@@ -75,7 +75,9 @@ def make_scheduler(spec: SweepSpec, budget_samples: int, interval_samples: int):
 
 
 def trial_resources(spec: SweepSpec) -> dict[str, float]:
-    """CPUs per trial, plus the GPU fraction when the cluster has GPUs."""
+    """CPUs per trial, plus the GPU fraction when the cluster has GPUs; refused when no node of
+    the cluster could ever hold a trial."""
+    check_cpus(spec, ray.cluster_resources().get("CPU", 0))
     resources = {"cpu": spec.resources.cpus_per_trial}
     if ray.cluster_resources().get("GPU", 0) > 0 and spec.resources.gpus_per_trial > 0:
         resources["gpu"] = spec.resources.gpus_per_trial
@@ -188,8 +190,7 @@ def run_sweep(
     uri = tracking_uri or paths.tracking_uri()
     if track:
         tracking.check_store(uri)
-    workload = workloads.load(spec.workload)
-    workloads.check(workload)  # a loss that is not per sample fails here, before anything starts
+    workload = workloads.build(spec.workload)  # a bad workload fails here, before anything starts
     n_train = workload.n_train
     budget_samples = spec.budget.total_samples(n_train)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -262,7 +263,7 @@ def resume_sweep(
 
     stream = stream or sys.stdout
     uri = tracking_uri or paths.tracking_uri()
-    tracking.check_store(uri)
+    tracking.check_store(uri, create=False)
     client = tracking.client_for(uri)
     try:
         parent = find_parent_run(client, spec.name)

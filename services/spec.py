@@ -23,12 +23,20 @@ Reduction = Literal["mean", "sum"]
 Rule = Literal["linear", "sqrt", "none"]
 
 
+MAX_TRIALS = 1_000_000
+MAX_SAMPLES = 10**15
+MAX_BATCH = 2**31
+MAX_SEED = 2**32 - 1
+"""Bounds that keep every number a spec can hold within what Ray, Optuna, torch and numpy accept
+(numpy seeds are 32-bit) and what one machine can plan for."""
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
 
 class WorkloadSpec(_Frozen):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200)
     """A built-in workload (digits_mlp, mnist1d_mlp, mnist1d_cnn) or ``package.module:function``."""
     params: dict[str, Any] = {}
     """Keyword arguments of the workload function (model width, data size, ...)."""
@@ -37,11 +45,11 @@ class WorkloadSpec(_Frozen):
 class SearcherSpec(_Frozen):
     kind: Literal["tpe", "random", "grid"] = "tpe"
     """TPE models the results; random is the baseline; grid walks every point once."""
-    num_trials: Optional[int] = Field(default=None, ge=1)
+    num_trials: Optional[int] = Field(default=None, ge=1, le=MAX_TRIALS)
     """Trials to run. Required for tpe and random; for grid it defaults to the grid size."""
-    max_concurrent: int = Field(default=2, ge=1)
+    max_concurrent: int = Field(default=2, ge=1, le=10_000)
     """Trials running at once; one per CPU core suits small models."""
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seeds the sampler and every trial's init and data order (same seed, same trials)."""
     stratify: bool = True
     """tpe and random: take the cells (batch size x optimizer x reduction x schedule x seed) in
@@ -54,7 +62,7 @@ class SearcherSpec(_Frozen):
 class LogRange(_Frozen):
     low: float = Field(gt=0, allow_inf_nan=False)
     high: float = Field(gt=0, allow_inf_nan=False)
-    grid_points: int = Field(default=5, ge=1)
+    grid_points: int = Field(default=5, ge=1, le=10_000)
     """Log-spaced values between low and high, both included, for the grid searcher."""
 
     @model_validator(mode="after")
@@ -85,7 +93,7 @@ class WeightDecaySpec(_Frozen):
 
 
 class SpaceSpec(_Frozen):
-    batch_sizes: list[int] = Field(min_length=1)
+    batch_sizes: list[int] = Field(min_length=1, max_length=1000)
     """Batch sizes to sweep; powers of two make the log-log fits evenly spaced."""
     lr_per_sample: LrRanges
     """Range of the rule constant c (lr = c * B**k under mean reduction), searched in log: one
@@ -95,7 +103,7 @@ class SpaceSpec(_Frozen):
     optimizers: list[Optimizer] = Field(default=["sgd"], min_length=1)
     rules: dict[Optimizer, Rule] = {}
     """Scaling rule per optimizer; default linear for SGD/momentum, sqrt for Adam/AdamW."""
-    momentum: float = Field(default=0.9, ge=0, lt=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1, allow_inf_nan=False)
     """Momentum of the ``momentum`` optimizer (plain ``sgd`` uses none)."""
     eps: float = Field(default=1e-8, gt=0, allow_inf_nan=False)
     """Adam eps for the mean-reduced loss (scaled by B under sum to stay equivalent)."""
@@ -103,7 +111,7 @@ class SpaceSpec(_Frozen):
     schedules: list[Literal["constant", "lr_decay", "batch_growth"]] = Field(default=["constant"], min_length=1)
     """Batch-size / LR schedules to compare (settings in the ``schedule`` section); the batch
     sizes above are the starting ones."""
-    seeds: Optional[list[int]] = Field(default=None, min_length=1)
+    seeds: Optional[list[int]] = Field(default=None, min_length=1, max_length=10_000)
     """Training seeds to sweep over (init and data order); default the searcher's seed."""
 
     @model_validator(mode="after")
@@ -113,8 +121,11 @@ class SpaceSpec(_Frozen):
             if len(set(values)) != len(values):
                 raise ValueError(f"{field}: duplicate values in {values}")
         for i, b in enumerate(self.batch_sizes):
-            if b < 1:
-                raise ValueError(f"batch_sizes.{i}: must be >= 1, got {b}")
+            if not 1 <= b <= MAX_BATCH:
+                raise ValueError(f"batch_sizes.{i}: must be between 1 and {MAX_BATCH}, got {b}")
+        for i, seed in enumerate(self.seeds or []):
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seeds.{i}: must be between 0 and {MAX_SEED}, got {seed}")
         if isinstance(self.lr_per_sample, dict):
             missing = [o for o in self.optimizers if o not in self.lr_per_sample]
             if missing:
@@ -141,15 +152,15 @@ for a learning curve and for ASHA's rungs."""
 
 
 class BudgetSpec(_Frozen):
-    epochs: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
+    epochs: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False, le=1e6)
     """Training length per trial in passes over the training set (or give samples)."""
-    samples: Optional[int] = Field(default=None, ge=1)
+    samples: Optional[int] = Field(default=None, ge=1, le=MAX_SAMPLES)
     """Training length per trial in samples; counts samples, never steps."""
-    report_every_samples: Optional[int] = Field(default=None, ge=1)
+    report_every_samples: Optional[int] = Field(default=None, ge=1, le=MAX_SAMPLES)
     """Samples between evaluations; default one epoch, or budget / 20 for trials of more than
     20 epochs. Each report is an evaluation and a round trip through the Tune driver (about
     10 ms on 2 busy cores), so on small datasets per-epoch reports cost more than they show."""
-    divergence_factor: float = Field(default=5.0, gt=1, allow_inf_nan=False)
+    divergence_factor: float = Field(default=5.0, gt=1, allow_inf_nan=False, le=1e12)
     """A trial whose loss exceeds this multiple of its initial loss is stopped as diverged."""
 
     @model_validator(mode="after")
@@ -169,21 +180,21 @@ class BudgetSpec(_Frozen):
 
 class AshaSpec(_Frozen):
     enabled: bool = True
-    grace_period_samples: Optional[int] = Field(default=None, ge=1)
+    grace_period_samples: Optional[int] = Field(default=None, ge=1, le=MAX_SAMPLES)
     """Samples every trial trains before it can be stopped; default one report interval."""
-    reduction_factor: float = Field(default=3.0, gt=1, allow_inf_nan=False)
+    reduction_factor: float = Field(default=3.0, gt=1, allow_inf_nan=False, le=1000)
 
 
 class ScheduleSpec(_Frozen):
-    factor: float = Field(default=5.0, gt=1, allow_inf_nan=False)
+    factor: float = Field(default=5.0, gt=1, allow_inf_nan=False, le=1e6)
     """Each event divides the LR (lr_decay) or multiplies the batch size (batch_growth) by this."""
-    milestones: list[float] = Field(default=[0.5, 0.75, 0.9], min_length=1)
+    milestones: list[float] = Field(default=[0.5, 0.75, 0.9], min_length=1, max_length=100)
     """Fractions of the sample budget at which events happen."""
-    patience: Optional[int] = Field(default=None, ge=1)
+    patience: Optional[int] = Field(default=None, ge=1, le=1_000_000)
     """Instead of milestones: an event after this many evaluations without improvement."""
-    warmup_samples: int = Field(default=0, ge=0)
+    warmup_samples: int = Field(default=0, ge=0, le=MAX_SAMPLES)
     """Linear LR warmup, in samples, for every schedule."""
-    batch_cap: Optional[int] = Field(default=None, ge=1)
+    batch_cap: Optional[int] = Field(default=None, ge=1, le=MAX_BATCH)
     """Largest batch size batch_growth reaches before it decays the LR; default N/10."""
 
     @model_validator(mode="after")
@@ -197,8 +208,8 @@ class ScheduleSpec(_Frozen):
 class NoiseSpec(_Frozen):
     enabled: bool = True
     """Measure the gradient noise scale B_simple once per report (``noise/b_simple``)."""
-    small_batch: int = Field(default=32, ge=1)
-    large_batch: int = Field(default=256, ge=2)
+    small_batch: int = Field(default=32, ge=1, le=MAX_BATCH)
+    large_batch: int = Field(default=256, ge=2, le=MAX_BATCH)
     """The two batch sizes of the estimator; 2 x 32 + 256 samples of gradients per report."""
 
     @model_validator(mode="after")
@@ -209,19 +220,24 @@ class NoiseSpec(_Frozen):
 
 
 class FailureSpec(_Frozen):
-    max_retries: int = Field(default=1, ge=0)
+    max_retries: int = Field(default=1, ge=0, le=100)
     """Times a trial that raised is retried (from its last checkpoint) before it is FAILED."""
-    checkpoint_every_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    checkpoint_every_s: float = Field(default=30.0, ge=0, allow_inf_nan=False, le=1e7)
     """A trial checkpoints at a report once this long has passed since its last checkpoint
     (0: every report). Shorter trials rerun from the start after a crash: seeded, so on CPU
     they reproduce the losses already logged."""
-    snapshot_every_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    snapshot_every_s: float = Field(default=5.0, gt=0, allow_inf_nan=False, le=1e7)
     """How often Tune saves the experiment state that ``make resume`` restores: trials that
     finished since the last snapshot are run again after a crash."""
 
 
+    trial_timeout_s: Optional[float] = Field(default=None, gt=0, le=1e7, allow_inf_nan=False)
+    """Longest one attempt of a trial may run; past it the trial is FAILED with "timed out after
+    N s" and not retried (its worker process ends if the training does not stop). None: no limit."""
+
+
 class ResourcesSpec(_Frozen):
-    cpus_per_trial: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    cpus_per_trial: float = Field(default=1.0, gt=0, allow_inf_nan=False, le=4096)
     gpus_per_trial: float = Field(default=0.25, ge=0, le=1, allow_inf_nan=False)
     """GPU fraction per trial, used only when the Ray cluster has GPUs."""
 
@@ -229,7 +245,7 @@ class ResourcesSpec(_Frozen):
 class SweepSpec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     """Names the MLflow experiment, the Ray run directory and the export file."""
-    description: str = ""
+    description: str = Field(default="", max_length=10_000)
     workload: WorkloadSpec
     searcher: SearcherSpec = SearcherSpec()
     space: SpaceSpec
@@ -242,6 +258,11 @@ class SweepSpec(_Frozen):
 
     @model_validator(mode="after")
     def _trials(self) -> "SweepSpec":
+        cells = (len(self.space.batch_sizes) * len(self.space.reductions) * len(self.space.optimizers)
+                 * len(self.space.schedules) * len(self.space.seeds or [0]))
+        points = max(self.space.lr_range(o).grid_points for o in self.space.optimizers)
+        if self.searcher.kind == "grid" and cells * points > MAX_TRIALS:
+            raise ValueError(f"space: a grid of {cells * points} points; at most {MAX_TRIALS} trials")
         if self.searcher.kind == "grid":
             counts = {o: len(grid_lrs(self.space, o)) for o in self.space.optimizers}
             if len(set(counts.values())) > 1:
@@ -273,11 +294,11 @@ def _one_line(err: ValidationError) -> str:
     value = first.get("input")
     text = f"{path}: {msg}" if path else msg
     if path and not isinstance(value, dict):
-        text += f" (got {value!r})"
+        text += f" (got {short(value)})"
     more = len(err.errors()) - 1
     if more:
         text += f" [and {more} more error{'s' if more > 1 else ''}]"
-    return " ".join(text.split())
+    return " ".join(text.split())[:300]
 
 
 def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
@@ -289,20 +310,87 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         raise SpecError(f"{source}: {_one_line(err)}") from None
 
 
+def check_cpus(spec: SweepSpec, cluster_cpus: float) -> None:
+    """A trial that asks for more CPUs than the Ray cluster has would wait forever: refuse it."""
+    if spec.resources.cpus_per_trial > cluster_cpus:
+        raise SpecError(f"resources.cpus_per_trial: {spec.resources.cpus_per_trial:g} is more than the "
+                        f"{cluster_cpus:g} CPUs of the Ray cluster; no trial could start")
+
+
+MAX_SPEC_BYTES = 1_000_000
+"""A spec is a short file; anything larger is refused before it is parsed."""
+MAX_YAML_NODES = 100_000
+"""Values in a spec once YAML aliases are expanded (a real spec has a few hundred): an alias
+bomb is refused before it is built, in bounded memory and time."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses duplicate keys (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {short(key)}", key_node.start_mark)
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root) -> int:
+    """Nodes in the document once aliases are expanded, counted without expanding them."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            sizes[id(node)] = min(1 + sum(sizes.get(id(c), 0) for c in children), 10 * MAX_YAML_NODES)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes.get(id(root), 0)
+
+
+def cut(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, for one-line errors."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters."""
+    return cut(repr(value), limit)
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a YAML sweep spec; raise :class:`SpecError` on any problem."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {size} bytes; a spec is at most {MAX_SPEC_BYTES} bytes")
         text = path.read_text()
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"{path}: cannot read spec: {err}") from None
+        raise SpecError(f"{path}: cannot read spec: {cut(str(err), 120)}") from None
     try:
-        data = yaml.safe_load(text)
+        loader = _SpecLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+                raise SpecError(f"{path}: more than {MAX_YAML_NODES} values once YAML aliases are expanded "
+                                "(an alias bomb?); write the values out")
+            data = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise SpecError(f"{path}:{where} invalid YAML: {problem}") from None
+        raise SpecError(f"{path}:{where} invalid YAML: {cut(str(problem), 120)}") from None
     return parse_spec(data, str(path))

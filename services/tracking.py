@@ -9,16 +9,19 @@ MLflow is imported lazily: importing samplewise does not import MLflow.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ray import tune
 
 from services import metrics as m
-from services.errors import TrackingError
+from services.errors import ExportError, TrackingError
 from services.writer import Writer
 
 if TYPE_CHECKING:
@@ -40,14 +43,72 @@ def trial_key(params: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(params.get(k, "")) for k in KEY_PARAMS)
 
 
-def client_for(tracking_uri: str) -> "MlflowClient":
+def client_for(tracking_uri: str, create: bool = False) -> "MlflowClient":
+    """A client of ``tracking_uri``. A local SQLite store is created (``create``) or must exist,
+    and is made ready under a file lock first (see :func:`prepare_sqlite`)."""
     from mlflow.tracking import MlflowClient
 
+    if tracking_uri.startswith("sqlite:///"):
+        prepare_sqlite(tracking_uri, create)
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def check_store(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer its health check."""
+_prepared: set[str] = set()
+
+
+def prepare_sqlite(uri: str, create: bool) -> None:
+    """Create, or check, the SQLite store at ``uri`` while holding an exclusive lock on
+    ``<db>.lock``, once per process: two drivers started at once on a new store must not both
+    run MLflow's migrations (they race and can leave it half-migrated). A store whose schema is
+    behind (an older MLflow, or a migration cut short) is migrated under the lock; one that
+    cannot be is reported with what to do. Leftover ``_alembic_tmp_*`` tables of a migration
+    cut short are dropped first (alembic copies a table into one, then renames it back)."""
+    if uri in _prepared:
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.exists() and not create:
+        raise ExportError(f"no MLflow store at {db}: run a sweep first (or give --tracking-uri)")
+    try:
+        lock = open(db.with_name(db.name + ".lock"), "a")
+    except OSError as err:
+        raise TrackingError(f"MLflow tracking store {uri} is not usable: {err}") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        import sqlalchemy
+        from mlflow.store.db import utils as db_utils
+
+        engine = sqlalchemy.create_engine(uri)
+        quiet = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+        levels = [logger.level for logger in quiet]
+        for logger in quiet:  # "Creating initial MLflow database tables...": not news to a user
+            logger.setLevel(logging.WARNING)
+        try:
+            with engine.begin() as conn:
+                for table in sqlalchemy.inspect(conn).get_table_names():
+                    if table.startswith("_alembic_tmp_"):
+                        conn.execute(sqlalchemy.text(f'DROP TABLE "{table}"'))
+            if not db_utils._all_tables_exist(engine):
+                db_utils._initialize_tables(engine)
+            elif db_utils._get_schema_version(engine) != db_utils._get_latest_schema_revision():
+                db_utils._upgrade_db(engine)
+        except Exception as err:  # noqa: BLE001 - any failure here leaves the store unusable
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrackingError(
+                f"MLflow tracking store {uri} cannot be created or migrated ({first[:150]}); move it aside "
+                f"(mv {db} {db}.broken) and run again, or repair it with: mlflow db upgrade {uri}") from None
+        finally:
+            engine.dispose()
+            for logger, level in zip(quiet, levels):
+                logger.setLevel(level)
+    _prepared.add(uri)
+
+
+def check_store(uri: str, timeout_s: float = 5.0, create: bool = True) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer its health check, or
+    a local store cannot be created or migrated (before Ray starts)."""
+    if uri.startswith("sqlite:///"):
+        prepare_sqlite(uri, create)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -294,7 +355,7 @@ class MlflowTracker(tune.Callback):
     @property
     def client(self) -> "MlflowClient":
         if self._client is None:
-            self._client = client_for(self.tracking_uri)
+            self._client = client_for(self.tracking_uri, create=True)
         return self._client
 
     # -- writes, on the writer thread ---------------------------------------------------------

@@ -9,11 +9,15 @@ on the device and read back once per reporting interval, never per step.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import math
 import os
 import resource
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -28,6 +32,52 @@ from services.noise import NoiseScale
 from services.workloads import Workload
 
 STATE_FILE = "trial_state.pt"
+TIMED_OUT_FILE = "samplewise_timed_out"
+"""Left in a trial's directory when it timed out: a retry of that trial fails at once."""
+TIMEOUT_GRACE_S = 5.0
+"""How long a timed-out trial's training thread has to stop before its worker process ends."""
+NONFINITE_OBJECTIVE = 1e30
+"""The objective of a trial whose initial loss is already NaN/inf: finite, and worse than any."""
+
+
+class TrialTimeout(RuntimeError):
+    """A trial ran past ``failures.trial_timeout_s``."""
+
+
+@contextlib.contextmanager
+def _time_limit(timeout_s: Optional[float], trial_dir: str):
+    """Fail the trial with :class:`TrialTimeout` ("timed out after N s") once it has run
+    ``timeout_s`` seconds in this attempt. A watchdog thread raises the error in the training
+    thread; training stuck in C code (a sleep, a hung collective) does not see it, so after
+    ``TIMEOUT_GRACE_S`` the worker process exits. The marker file makes Tune's retries of a
+    timed-out trial fail at once instead of hanging again."""
+    if not timeout_s:
+        yield
+        return
+    message = f"timed out after {timeout_s:g} s"
+    marker = os.path.join(trial_dir, TIMED_OUT_FILE)
+    if os.path.exists(marker):
+        raise TrialTimeout(message)
+    done, target = threading.Event(), threading.get_ident()
+
+    def watchdog() -> None:
+        if done.wait(timeout_s):
+            return
+        with open(marker, "w") as f:
+            f.write(message)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(TrialTimeout))
+        if done.wait(TIMEOUT_GRACE_S):
+            return
+        print(f"samplewise: trial {message} and did not stop; ending its worker process", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="samplewise-trial-timeout", daemon=True).start()
+    try:
+        yield
+    except TrialTimeout:
+        raise TrialTimeout(message) from None
+    finally:
+        done.set()
 
 
 def make_optimizer(model: nn.Module, hp: TrialHParams) -> torch.optim.Optimizer:
@@ -163,7 +213,9 @@ def run_trial(
         initial_loss = resume["initial_loss"]
         if noise is not None and resume.get("noise"):
             noise.load_state_dict(resume["noise"])
-    threshold = budget.divergence_factor * max(initial_loss, 1e-12)
+    # a model whose loss is NaN/inf before any update diverges at its first report, finitely
+    threshold = (budget.divergence_factor * max(initial_loss, 1e-12) if math.isfinite(initial_loss)
+                 else NONFINITE_OBJECTIVE)
     next_report = (samples // budget.interval_samples + 1) * budget.interval_samples
 
     # a constant schedule without warmup never changes: ask it once, not on every step
@@ -256,10 +308,8 @@ def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
     what it reported before the checkpoint, so the tracker can write whatever the dead driver
     had not (it skips what MLflow already holds).
     """
-    import ray
     from ray import tune
 
-    from services import workloads
     from services.tracking import trial_key
 
     recorded = (replay or {}).get(trial_key(config))
@@ -267,6 +317,16 @@ def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
         for result in recorded:
             tune.report(result)
         return
+    timeout_s = spec.failures.trial_timeout_s
+    with _time_limit(timeout_s, tune.get_context().get_trial_dir()):
+        _train(config, spec)
+
+
+def _train(config: dict, spec) -> None:
+    import ray
+    from ray import tune
+
+    from services import workloads
     threads = max(1, int(spec.resources.cpus_per_trial))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

@@ -15,14 +15,17 @@ import importlib
 import inspect
 import json
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
+
+import pydantic
 
 import torch
 from torch import nn
 
-from services.spec import SpecError, WorkloadSpec
+from services.spec import SpecError, WorkloadSpec, cut, short
 
 
 @dataclass(frozen=True)
@@ -176,34 +179,94 @@ BUILTIN: dict[str, Callable[..., Workload]] = {
 }
 
 
+def _workload_function(name: str) -> Callable[..., Workload]:
+    """The function ``package.module:function`` names: importing its module runs that module's
+    code, like running a Python file; only a function annotated ``-> Workload`` is accepted,
+    so a spec cannot call an arbitrary callable (``os:system``) with its params."""
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise SpecError(f"workload.name: cannot import {cut(module_name)} ({cut(str(err), 120)})") from None
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise SpecError(f"workload.name: {cut(module_name)} has no function {cut(attr)}")
+    try:
+        returns = typing.get_type_hints(fn).get("return") if inspect.isfunction(fn) else None
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve is not `-> Workload`
+        returns = None
+    if not (isinstance(returns, type) and issubclass(returns, Workload)):
+        raise SpecError(f"workload.name: {cut(name)} is not a workload function: give a Python function "
+                        "annotated `-> Workload` (from services.workloads)")
+    return fn
+
+
+def _check_params(fn: Callable[..., Workload], params: dict) -> None:
+    """``params`` against ``fn``'s signature and annotations, so a wrong name or type fails here,
+    with the field named, rather than in every trial."""
+    try:
+        signature = inspect.signature(fn, eval_str=True)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: check the names only
+        signature = inspect.signature(fn)
+    fields: dict[str, Any] = {}
+    extra = "forbid"
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            extra = "allow"
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            annotation = Any if p.annotation is p.empty or isinstance(p.annotation, str) else p.annotation
+            fields[p.name] = (annotation, ... if p.default is p.empty else p.default)
+    try:
+        model = pydantic.create_model(f"{fn.__name__}_params", __config__=pydantic.ConfigDict(extra=extra), **fields)
+        model.model_validate(params)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        msg = "unexpected parameter" if first["type"] == "extra_forbidden" else first["msg"]
+        raise SpecError(f"workload.params.{cut(where)}: {cut(msg, 100)} (got {short(first.get('input'))}; "
+                        f"{fn.__name__} takes {cut(', '.join(fields) or 'no parameters', 100)})") from None
+    except pydantic.errors.PydanticUserError:  # annotations pydantic cannot check: names only
+        try:
+            signature.bind(**params)
+        except TypeError as err:
+            raise SpecError(f"workload.params: {cut(str(err), 120)}") from None
+
+
 def resolve(spec: WorkloadSpec) -> Callable[..., Workload]:
     """The workload function of ``spec``, checked against its params; no data is built."""
     if spec.name in BUILTIN:
         fn = BUILTIN[spec.name]
     elif ":" in spec.name:
-        module_name, _, attr = spec.name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise SpecError(f"workload.name: cannot import {module_name!r} ({err})") from None
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise SpecError(f"workload.name: {module_name!r} has no function {attr!r}")
+        fn = _workload_function(spec.name)
     else:
         raise SpecError(
-            f"workload.name: unknown workload {spec.name!r}; built-ins are {sorted(BUILTIN)}"
+            f"workload.name: unknown workload {short(spec.name)}; built-ins are {sorted(BUILTIN)}"
             " or give package.module:function"
         )
-    try:
-        inspect.signature(fn).bind(**spec.params)
-    except TypeError as err:
-        raise SpecError(f"workload.params: {err} (got {spec.params!r})") from None
+    _check_params(fn, spec.params)
     return fn
+
+
+def build(spec: WorkloadSpec) -> Workload:
+    """Build ``spec``'s workload in this process, as the driver does before any trial: a
+    function that raises, or returns anything but a :class:`Workload`, is a bad spec."""
+    try:
+        workload = load(spec)
+    except SpecError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's function failed: say where, in one line
+        summary = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        raise SpecError(f"workload: {cut(spec.name)}(**workload.params) raised {cut(summary, 150)}") from None
+    check(workload)
+    return workload
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, params_json: str) -> Workload:
-    return resolve(WorkloadSpec(name=name, params=json.loads(params_json)))(**json.loads(params_json))
+    workload = resolve(WorkloadSpec(name=name, params=json.loads(params_json)))(**json.loads(params_json))
+    if not isinstance(workload, Workload):
+        raise SpecError(f"workload: {cut(name)} returned {type(workload).__name__}, not a Workload")
+    return workload
 
 
 def check(workload: Workload, source: str = "workload") -> None:
@@ -214,8 +277,9 @@ def check(workload: Workload, source: str = "workload") -> None:
         torch.manual_seed(0)
         with torch.no_grad():
             out = workload.loss_fn(workload.model_fn()(x), y)
-    except Exception:  # noqa: BLE001 - a model that cannot run fails inside its trials, with its error
-        return
+    except Exception as err:  # noqa: BLE001 - it would fail in every trial: say so once, up front
+        summary = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        raise SpecError(f"{source}: the model and loss fail on 2 training samples: {cut(summary, 150)}") from None
     shape = tuple(getattr(out, "shape", ()))
     if len(shape) != 1 or shape[0] != len(x):
         raise SpecError(f"{source}.loss_fn: must return one loss per sample (reduction='none'), "

@@ -4,13 +4,24 @@ from services.workloads import Workload, digits_mlp
 
 
 def broken_model(hidden: int = 8) -> Workload:
-    """Digits data whose model factory raises inside every trial."""
+    """Digits whose model passes the check before the sweep (one forward pass without gradients)
+    and raises in every trial's first training step."""
+    import torch
+    from torch import nn
+
     base = digits_mlp(hidden=hidden)
 
-    def model_fn():
-        raise RuntimeError("boom: model cannot be built")
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = base.model_fn()
 
-    return Workload(model_fn, base.x_train, base.y_train, base.x_val, base.y_val, base.loss_fn)
+        def forward(self, x):
+            if torch.is_grad_enabled():
+                raise RuntimeError("boom: model fails in training")
+            return self.inner(x)
+
+    return Workload(Broken, base.x_train, base.y_train, base.x_val, base.y_val, base.loss_fn)
 
 
 def mean_loss(hidden: int = 8) -> Workload:
@@ -20,3 +31,52 @@ def mean_loss(hidden: int = 8) -> Workload:
     base = digits_mlp(hidden=hidden)
     return Workload(base.model_fn, base.x_train, base.y_train, base.x_val, base.y_val,
                     lambda out, y: F.cross_entropy(out, y))
+
+
+def hangs(hidden: int = 8, after_calls: int = 20, in_c: bool = True) -> Workload:
+    """Digits whose model hangs on its ``after_calls``-th forward pass: in a C call (``time.sleep``)
+    that no Python exception can interrupt, or in a pure-Python loop."""
+    import time
+
+    from torch import nn
+
+    base = digits_mlp(hidden=hidden)
+
+    class Hanging(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.calls = base.model_fn(), 0
+
+        def forward(self, x):
+            self.calls += 1
+            while self.calls > after_calls:
+                if in_c:
+                    time.sleep(3600)
+            return self.inner(x)
+
+    return Workload(Hanging, base.x_train, base.y_train, base.x_val, base.y_val, base.loss_fn)
+
+
+def nan_at_init(hidden: int = 8) -> Workload:
+    """Digits with a model whose outputs are NaN from the start."""
+    import torch
+
+    base = digits_mlp(hidden=hidden)
+
+    def model_fn():
+        model = base.model_fn()
+        with torch.no_grad():
+            model[0].weight.fill_(float("nan"))
+        return model
+
+    return Workload(model_fn, base.x_train, base.y_train, base.x_val, base.y_val, base.loss_fn)
+
+
+def typed(hidden: int = 8, depth: int = 1) -> Workload:
+    """digits_mlp under another name: a plug-in with typed parameters."""
+    return digits_mlp(hidden=hidden, depth=depth)
+
+
+def unannotated(hidden=8):
+    """A plug-in without the `-> Workload` annotation."""
+    return digits_mlp(hidden=hidden)

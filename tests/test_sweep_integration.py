@@ -139,7 +139,7 @@ def test_failing_trials_are_failed_runs_and_the_sweep_finishes(tmp_path, ray_ses
     assert len(children) == 2
     for child in children:
         assert child.info.status == "FAILED"
-        assert "boom: model cannot be built" in child.data.tags[m.TAG_ERROR]
+        assert "boom: model fails in training" in child.data.tags[m.TAG_ERROR]
     assert capsys.readouterr().out.count("FAILED: ") == 2
 
 

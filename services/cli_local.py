@@ -61,7 +61,16 @@ def cmd_down(args) -> int:
 
 def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
     from services import export, tracking
+    from services.errors import TrackingError
 
+    try:  # a server that does not answer must not hold status up: MLflow would retry for minutes
+        tracking.check_store(uri, timeout_s=3, create=False)
+    except TrackingError:
+        return f"trials unknown (MLflow at {uri} does not answer)"
+    except Exception as err:  # noqa: BLE001 - status prints whatever it can
+        return f"trials unknown ({str(err).splitlines()[0][:80]})"
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
     try:
         client = tracking.client_for(uri)
         parent = export.find_parent_run(client, sweep)
@@ -83,6 +92,9 @@ def cmd_status(args) -> int:
         if svc:
             where = svc.get("url") or svc.get("address")
             print(f"{label:<14} running  {where}  (pid {svc['pid']})")
+        elif name in record and local.leftovers(record[name]):
+            print(f"{label:<14} broken   (pid {record[name]['pid']} is gone but {len(local.leftovers(record[name]))} "
+                  "processes of its group still run; make down stops them)")
         elif name in record:
             print(f"{label:<14} stopped  (pid {record[name]['pid']} is gone; make down clears it)")
         else:

@@ -30,18 +30,39 @@ def _record_path() -> Path:
     return paths.state_dir() / "services.json"
 
 
-def _alive(pid: int) -> bool:
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first), or None if gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not running
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[-1].split()
     except OSError:
-        return True
+        return None
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"  # a zombie (exited, not yet reaped) is not running
+
+
+def start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot): with the pid, names one process for
+    good, since a pid is reused only by a process that starts later."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def ours(record: dict) -> bool:
+    """Whether the process ``record`` names (pid and start time) still runs."""
+    return _alive(record["pid"]) and start_time(record["pid"]) == record.get("start")
+
+
+def leftovers(record: dict) -> list[int]:
+    """Live processes of the group a recorded leader started, once the leader itself is gone
+    (MLflow's workers outlive a killed leader and keep its port). A process group id is not
+    reused while any process of the group lives, so these are the leader's."""
+    if _alive(record["pid"]):
+        return []  # the leader runs (ours or, if its pid was reused, someone else's group)
+    return _group_alive(record["pid"])
 
 
 def read_record() -> dict:
@@ -52,8 +73,8 @@ def read_record() -> dict:
 
 
 def running() -> dict:
-    """The recorded services whose processes are alive: {'mlflow': {...}, 'ray': {...}}."""
-    return {name: svc for name, svc in read_record().items() if isinstance(svc, dict) and _alive(svc["pid"])}
+    """The recorded services whose processes still run: {'mlflow': {...}, 'ray': {...}}."""
+    return {name: svc for name, svc in read_record().items() if isinstance(svc, dict) and ours(svc)}
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -78,12 +99,15 @@ def _wait(check, what: str, pid: int, log: Path, timeout_s: float) -> None:
     raise ServiceError(f"{what} did not come up within {timeout_s:.0f} s; see {log}")
 
 
-def _spawn(cmd: list[str], log: Path, env: Optional[dict] = None) -> int:
+def _spawn(cmd: list[str], log: Path, env: Optional[dict] = None) -> dict:
+    """Start ``cmd`` in its own session (so its group can be stopped whole); returns its pid and
+    start time, which together identify it."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with open(fd, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)  # own group: down stops all of it
-    return proc.pid
+    return {"pid": proc.pid, "start": start_time(proc.pid)}
 
 
 def _http_ok(url: str) -> bool:
@@ -111,7 +135,7 @@ def serve_ui(uri: str, port: int, timeout_s: float = 90) -> int:
     """Start the MLflow UI for ``uri`` on 127.0.0.1:``port`` in the background; returns its pid
     (stop it with :func:`stop`)."""
     log = paths.state_dir() / "logs" / f"mlflow-ui-{port}.log"
-    pid = _spawn(ui_command(uri, "127.0.0.1", port), log)
+    pid = _spawn(ui_command(uri, "127.0.0.1", port), log)["pid"]
     try:
         _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), "the MLflow UI", pid, log, timeout_s)
     except ServiceError:
@@ -139,6 +163,7 @@ def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
     record = dict(current)
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     if "mlflow" not in current:
+        _clear_leftovers(read_record().get("mlflow"))
         if not _port_free(host, mlflow_port):
             raise ServiceError(f"port {host}:{mlflow_port} is taken; choose another with MLFLOW_PORT=...")
         server = state / "server"
@@ -150,13 +175,15 @@ def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
                "--host", host, "--port", str(mlflow_port), "--workers", "2"]
         if host not in LOOPBACK:
             cmd += ["--allowed-hosts", "*", "--cors-allowed-origins", "*"]
-        pid = _spawn(cmd, log)
+        proc = _spawn(cmd, log)
+        pid = proc["pid"]
         url = f"http://{connect_host}:{mlflow_port}"
-        record["mlflow"] = {"pid": pid, "url": url, "host": host, "port": mlflow_port, "log": str(log),
+        record["mlflow"] = {**proc, "url": url, "host": host, "port": mlflow_port, "log": str(log),
                             "store": str(server / "mlflow.db")}
         _save(record)
         _wait(lambda: _http_ok(f"{url}/health"), "the MLflow server", pid, log, timeout_s)
     if "ray" not in current:
+        _clear_leftovers(read_record().get("ray"))
         if not _port_free(host, ray_port):
             raise ServiceError(f"port {host}:{ray_port} is taken; choose another with RAY_PORT=...")
         log = state / "logs" / "ray-head.log"
@@ -166,20 +193,34 @@ def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
             cmd.append(f"--num-cpus={num_cpus}")
         # Ray 2.60 turns 127.0.0.1 into the machine's address and its servers listen on every
         # interface; token authentication is what keeps other machines out, so require it.
-        pid = _spawn(cmd, log, env={**os.environ, "RAY_AUTH_MODE": "token"})
-        record["ray"] = {"pid": pid, "address": f"{connect_host}:{ray_port}", "host": host, "port": ray_port,
+        proc = _spawn(cmd, log, env={**os.environ, "RAY_AUTH_MODE": "token"})
+        pid = proc["pid"]
+        record["ray"] = {**proc, "address": f"{connect_host}:{ray_port}", "host": host, "port": ray_port,
                          "log": str(log)}
         _save(record)
         _wait(lambda: _tcp_open(connect_host, ray_port), "the Ray head", pid, log, timeout_s)
     return record
 
 
-def _save(record: dict) -> None:
-    path = _record_path()
+def _clear_leftovers(record: dict | None) -> None:
+    """Stop what is left of a recorded service whose leader died (it may hold the port)."""
+    if isinstance(record, dict) and leftovers(record):
+        _stop_group(record["pid"])
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` atomically, readable by its owner only (0600): state files name ports,
+    pids and logs of the user's services."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as f:
+        f.write(text)
     tmp.replace(path)
+
+
+def _save(record: dict) -> None:
+    write_private(_record_path(), json.dumps(record, indent=2))
 
 
 def _group_alive(pgid: int) -> list[int]:
@@ -223,15 +264,47 @@ def stop(pid: int) -> None:
     _stop_group(pid)
 
 
-def down() -> list[str]:
-    """Stop what ``up`` recorded, by process group; returns what was stopped."""
-    stopped = []
+def down(driver_grace_s: float = 60.0) -> list[str]:
+    """Stop the detached sweep drivers (as Ctrl-C would: their sweeps stay resumable), then what
+    ``up`` recorded, each by its whole process group, identified by pid and start time: a
+    process that merely reuses a recorded pid is left alone. Returns what was stopped."""
+    stopped = [f"sweep {s['sweep']} (pid {s['pid']})" for s in sweeps(active_only=True)
+               if stop_driver(s, driver_grace_s)]
     for name, svc in read_record().items():
-        if isinstance(svc, dict) and _alive(svc["pid"]):
+        if not isinstance(svc, dict):
+            continue
+        if ours(svc):
             _stop_group(svc["pid"])
             stopped.append(f"{name} (pid {svc['pid']})")
+        elif leftovers(svc):
+            _stop_group(svc["pid"])
+            stopped.append(f"{name} (what was left of pid {svc['pid']}'s group)")
     _record_path().unlink(missing_ok=True)
     return stopped
+
+
+def stop_driver(record: dict, grace_s: float) -> bool:
+    """SIGTERM a detached driver (it stops like Ctrl-C: Tune saves its state, the parent run is
+    marked KILLED, ``make resume`` continues); SIGKILL its group if it has not ended in
+    ``grace_s``, and mark its sweep's parent run KILLED itself."""
+    if not ours(record):
+        return False
+    os.kill(record["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(record["pid"]):
+        time.sleep(0.2)
+    if _alive(record["pid"]):
+        _stop_group(record["pid"])
+        try:
+            from services import export, tracking
+
+            client = tracking.client_for(record["tracking_uri"])
+            parent = export.find_parent_run(client, record["sweep"])
+            if parent.info.status == "RUNNING":
+                client.set_terminated(parent.info.run_id, status="KILLED")
+        except Exception:  # noqa: BLE001 - the run stays RUNNING; make resume still continues it
+            pass
+    return True
 
 
 # ---- detached sweep drivers -------------------------------------------------------------
@@ -246,11 +319,10 @@ def submit_detached(command: str, spec_path: str, sweep: str, num_trials: int, s
     log = paths.state_dir() / "logs" / f"{sweep}-{stamp}.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": services["mlflow"]["url"], "RAY_ADDRESS": services["ray"]["address"],
            "RAY_AUTH_MODE": "token"}
-    pid = _spawn([sys.executable, "-m", "services.cli", command, spec_path, "--foreground"], log, env)
-    record = {"pid": pid, "sweep": sweep, "num_trials": num_trials, "command": command, "spec": spec_path, "log": str(log),
+    proc = _spawn([sys.executable, "-m", "services.cli", command, spec_path, "--foreground"], log, env)
+    record = {**proc, "sweep": sweep, "num_trials": num_trials, "command": command, "spec": spec_path, "log": str(log),
               "started": time.time(), "tracking_uri": env["MLFLOW_TRACKING_URI"]}
-    _sweeps_dir().mkdir(parents=True, exist_ok=True)
-    (_sweeps_dir() / f"{sweep}-{stamp}.json").write_text(json.dumps(record, indent=2))
+    write_private(_sweeps_dir() / f"{sweep}-{stamp}.json", json.dumps(record, indent=2))
     return record
 
 
@@ -262,7 +334,7 @@ def sweeps(active_only: bool = False) -> list[dict]:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        record["alive"] = _alive(record["pid"])
+        record["alive"] = ours(record)
         if record["alive"] or not active_only:
             out.append(record)
     return sorted(out, key=lambda r: r["started"], reverse=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -281,7 +282,11 @@ class MlflowTracker(tune.Callback):
         self._previous: dict[str, str] = {}  # run id -> status, for runs a previous driver created
         self._unclaimed: dict[tuple, list[str]] = {}  # configuration -> previous runs no trial took yet
         self._loaded = False
-        self._writer = Writer(self._write_staged, self.LINGER_S)
+        self._writer = Writer(self._write_staged, self.LINGER_S, f"MLflow {self.tracking_uri}")
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # MLflow retries a request for minutes by default; the writer retries on its own terms
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
     _PICKLED = ("tracking_uri", "budget_samples", "experiment_id", "parent_run_id", "spec", "sweep", "workload",
                 "_parent_tags")
@@ -410,15 +415,21 @@ class MlflowTracker(tune.Callback):
 
     def _write_staged(self, only: str | None = None) -> None:
         """Write what is staged (for run ``only``, or for all): one ``log_batch`` per run, more
-        only past MLflow's per-call limits."""
+        only past MLflow's per-call limits. A failed write leaves the rest staged."""
         for run_id in [only] if only else list(self._staged):
             staged = self._staged.pop(run_id, None)
             if staged is None:
                 continue
-            metrics, params, tags = staged.metrics, staged.params, list(staged.tags.values())
-            while metrics or params or tags:
-                self.client.log_batch(run_id, metrics=metrics[:900], params=params[:100], tags=tags[:100])
-                metrics, params, tags = metrics[900:], params[100:], tags[100:]
+            try:
+                metrics, params, tags = staged.metrics, staged.params, list(staged.tags.values())
+                while metrics or params or tags:
+                    self.client.log_batch(run_id, metrics=metrics[:900], params=params[:100], tags=tags[:100])
+                    metrics, params, tags = metrics[900:], params[100:], tags[100:]
+            except Exception:  # what was not written stays staged, for the writer's next try
+                staged.metrics, staged.params = metrics, params
+                staged.tags = {t.key: t for t in tags}
+                self._staged[run_id] = staged
+                raise
 
     def _write_end(self, trial_id: str, config: dict, status: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -503,5 +514,9 @@ class MlflowTracker(tune.Callback):
         self.wait_open()
         if status == "FINISHED":
             self._submit(self._write_superseded)
-            self._writer.flush()
-        self.client.set_terminated(self.parent_run_id, status=status)
+        self._submit(lambda: self.client.set_terminated(self.parent_run_id, status=status))
+        self._writer.flush()
+        if self._writer.lost:
+            raise TrackingError(f"{self._writer.lost} writes to MLflow {self.tracking_uri} were lost (it did not "
+                                f"answer for {self._writer.RETRY_S:g} s); Ray Tune's results of every trial are "
+                                f"under {self._parent_tags.get(m.TAG_RAY_RUN, 'the Ray run directory')}")

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
 import time
+
+PERMANENT = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+             "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED")
+"""MLflow error codes that trying again cannot fix; anything else (a refused connection, a
+timeout, a 5xx, a locked SQLite file) is retried."""
+
+
+def retryable(err: Exception) -> bool:
+    return getattr(err, "error_code", None) not in PERMANENT
+
+
+def log(message: str) -> None:
+    print(f"samplewise: {message}", file=sys.stderr, flush=True)
 
 
 class Writer:
@@ -18,12 +32,22 @@ class Writer:
     trials get one ``log_batch`` per run per ``linger_s`` rather than one per report.
     """
 
-    def __init__(self, flush_staged=None, linger_s: float = 0.0) -> None:
+    RETRY_S = float(os.environ.get("SAMPLEWISE_TRACKING_RETRY_S", 1800))
+    """How long a write is retried while the tracking store does not answer (a server restarting,
+    a network outage) before it, and every write after it, is given up as lost."""
+    BACKOFF_S = (1.0, 30.0)
+    """First and longest wait between two tries of a write."""
+
+    def __init__(self, flush_staged=None, linger_s: float = 0.0, describe: str = "MLflow") -> None:
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._flush_staged = flush_staged
         self.linger_s = linger_s
+        self.describe = describe
         self.failures = 0
+        self.lost = 0
+        """Writes given up: the store did not answer for ``RETRY_S``, or refused the write."""
+        self.gave_up = False
 
     def submit(self, fn, *args) -> None:
         if self._thread is None:
@@ -36,13 +60,36 @@ class Writer:
             self._queue.join()
 
     def _call(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as err:  # a lost write must not kill the sweep; say so once
-            self.failures += 1
-            if self.failures == 1:
-                print(f"samplewise: warning: MLflow write failed ({type(err).__name__}: {err}); "
-                      "the sweep goes on", file=sys.stderr)
+        """Run one write; while the store does not answer, retry it (the writes queued behind it
+        wait, in order) for up to ``RETRY_S``, then give up on it and on every later write."""
+        if self.gave_up:
+            self.lost += 1
+            return
+        wait, deadline = self.BACKOFF_S[0], time.monotonic() + self.RETRY_S
+        while True:
+            try:
+                fn(*args)
+                if self.failures:
+                    log(f"{self.describe} answers again; the writes held back are written, the sweep goes on")
+                    self.failures = 0
+                return
+            except Exception as err:  # noqa: BLE001 - a write must never kill the sweep
+                summary = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+                if not retryable(err):
+                    self.lost += 1
+                    log(f"warning: {self.describe} refused a write ({summary}); the sweep goes on")
+                    return
+                self.failures += 1
+                if self.failures == 1:
+                    log(f"warning: {self.describe} does not answer ({summary}); holding writes and retrying "
+                        f"for up to {self.RETRY_S:g} s, the sweep goes on")
+                if time.monotonic() + wait > deadline:
+                    self.gave_up = True
+                    self.lost += 1
+                    log(f"error: {self.describe} did not answer for {self.RETRY_S:g} s; giving up its writes")
+                    return
+                time.sleep(wait)
+                wait = min(2 * wait, self.BACKOFF_S[1])
 
     def _run(self) -> None:
         deadline = None  # when what is staged must be written

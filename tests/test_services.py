@@ -113,10 +113,76 @@ def test_sweep_while_up_is_detached_and_lands_on_both_nodes(services_up):
         worker.wait(timeout=30)
 
 
+def _sweep_in_background(home, name, spec):
+    (home / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAMPLEWISE_HOME": str(home)}
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "sweep", f"{name}.yaml"], cwd=home, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for_children(client, name, count, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
+            if len(runs) >= count:
+                return experiment, runs
+        time.sleep(0.5)
+    pytest.fail(f"sweep {name} did not start {count} trials")
+
+
+OUTAGE = {**SPEC, "searcher": {"kind": "random", "num_trials": 3, "max_concurrent": 1, "seed": 0},
+          "budget": {"epochs": 30, "report_every_samples": 2000}, "noise": {"enabled": False}}
+
+
+def test_an_mlflow_outage_mid_sweep_loses_nothing_and_status_answers_fast(services_up):
+    home, record = services_up
+    client = MlflowClient(record["mlflow"]["url"])
+    sweep = _sweep_in_background(home, "outage", OUTAGE)
+    try:
+        _wait_for_children(client, "outage", 1)
+        os.killpg(record["mlflow"]["pid"], signal.SIGKILL)  # the server, leader and workers, gone
+        start = time.monotonic()
+        status = cli("status", home=home, timeout=60)
+        assert time.monotonic() - start < 20, "status waited on the dead server"
+        assert "outage" in status.stdout and "does not answer" in status.stdout, status.stdout
+        time.sleep(max(0.0, 12 - (time.monotonic() - start)))
+        again = cli("up", "--mlflow-port", record["mlflow"]["port"], "--ray-port", record["ray"]["port"], home=home)
+        assert again.returncode == 0, again.stdout + again.stderr
+        out, _ = sweep.communicate(timeout=300)
+        assert sweep.returncode == 0, out[-3000:]
+        assert "does not answer" in out and "answers again" in out, out[-3000:]
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    record.update(json.loads((home / ".samplewise" / "services.json").read_text()))
+    experiment = client.get_experiment_by_name("outage")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    budget = 30 * 1078
+    for run in runs:
+        steps = [p.step for p in client.get_metric_history(run.info.run_id, m.VAL_LOSS)]
+        batch = int(run.data.params["batch_size"])
+        assert steps[-1] >= budget and len(steps) == len(set(steps)) >= budget // 2000 - 1, (batch, steps)
+
+
 def test_down_stops_exactly_what_up_started(services_up, ray_session):
     home, record = services_up
+    long_sweep = {**OUTAGE, "budget": {"epochs": 2000}}
+    sweep = _sweep_in_background(home, "long", long_sweep)
+    _wait_for_children(MlflowClient(record["mlflow"]["url"]), "long", 1)
     stopped = cli("down", home=home)
-    assert stopped.returncode == 0 and "stopped mlflow" in stopped.stdout and "ray" in stopped.stdout
+    assert stopped.returncode == 0 and "stopped sweep long" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert "mlflow" in stopped.stdout and "ray" in stopped.stdout
+    assert sweep.wait(timeout=60) != 0  # the submitting terminal sees the sweep stop
+    # the driver stopped like Ctrl-C: its sweep is marked KILLED, resumable, not left RUNNING
+    store = MlflowClient(f"sqlite:///{home / '.samplewise' / 'server' / 'mlflow.db'}")
+    experiment = store.get_experiment_by_name("long")
+    parent = store.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'parent'")[0]
+    assert parent.info.status == "KILLED"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(_alive(s["pid"]) for s in record.values()):
         time.sleep(0.2)
@@ -126,3 +192,44 @@ def test_down_stops_exactly_what_up_started(services_up, ray_session):
     # the test session's own Ray, which up did not start, still works
     assert ray_session.get(ray_session.remote(lambda: 41 + 1).remote()) == 42
     assert "not started" in cli("status", home=home).stdout
+
+
+def test_down_and_status_leave_a_process_that_reuses_a_recorded_pid_alone(tmp_path):
+    """The recorded MLflow pid now belongs to another program (same pid, later start): status
+    must not report it as the server and down must not stop it."""
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        state = tmp_path / ".samplewise"
+        state.mkdir()
+        (state / "services.json").write_text(json.dumps({"mlflow": {
+            "pid": stranger.pid, "start": "1", "url": "http://127.0.0.1:9", "host": "127.0.0.1", "port": 9,
+            "log": str(state / "x.log"), "store": str(state / "x.db")}}))
+        status = cli("status", home=tmp_path)
+        assert "MLflow server  running" not in status.stdout, status.stdout
+        down = cli("down", home=tmp_path)
+        assert down.returncode == 0 and "nothing was running" in down.stdout, down.stdout
+        assert _alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_down_stops_the_group_of_a_leader_that_died(tmp_path, monkeypatch):
+    """MLflow's leader killed, its workers still hold the port: status says so, down stops them."""
+    from services import local
+
+    monkeypatch.setenv("SAMPLEWISE_HOME", str(tmp_path))
+    proc = local._spawn(["sh", "-c", "sleep 300 & sleep 300 & wait"], tmp_path / "group.log")
+    local._save({"mlflow": {**proc, "url": "http://127.0.0.1:9", "host": "127.0.0.1", "port": 9,
+                            "log": str(tmp_path / "group.log"), "store": str(tmp_path / "x.db")}})
+    time.sleep(0.5)
+    workers = local._group_alive(proc["pid"])
+    assert len(workers) == 3
+    os.kill(proc["pid"], signal.SIGKILL)
+    os.waitpid(proc["pid"], 0)
+    status = cli("status", home=tmp_path)
+    assert "MLflow server  broken" in status.stdout and "2 processes" in status.stdout, status.stdout
+    assert oct(os.stat(tmp_path / ".samplewise" / "services.json").st_mode & 0o777) == "0o600"
+    down = cli("down", home=tmp_path)
+    assert down.returncode == 0 and "what was left" in down.stdout, down.stdout
+    assert not local._group_alive(proc["pid"])

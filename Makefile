@@ -68,4 +68,4 @@ resume: install  ## continue a sweep whose driver died: make resume SWEEP=sweeps
 	$(BIN)/samplewise resume $(SWEEP)
 
 clean:  ## remove local results (MLflow store, Ray results, exports); keeps .venv
-	rm -rf mlflow.db mlartifacts .samplewise exports
+	rm -rf mlflow.db mlflow.db.lock mlartifacts .samplewise exports

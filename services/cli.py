@@ -54,6 +54,9 @@ def _summary(outcome, args, spec) -> int:
     print(format_table(summarize(records, spec.space.lr_ranges())))
     print(format_outcomes(records))
     print(f"\nMLflow parent run {outcome.parent_run_id}; export the constants with: make export SWEEP={args.spec}")
+    if outcome.num_errors and outcome.num_errors >= spec.num_trials:
+        print(f"samplewise: every trial of {spec.name} failed; see the errors above", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -193,6 +194,7 @@ def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
             cmd.append(f"--num-cpus={num_cpus}")
         # Ray 2.60 turns 127.0.0.1 into the machine's address and its servers listen on every
         # interface; token authentication is what keeps other machines out, so require it.
+        private_ray_token()
         proc = _spawn(cmd, log, env={**os.environ, "RAY_AUTH_MODE": "token"})
         pid = proc["pid"]
         record["ray"] = {**proc, "address": f"{connect_host}:{ray_port}", "host": host, "port": ray_port,
@@ -200,6 +202,19 @@ def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
         _save(record)
         _wait(lambda: _tcp_open(connect_host, ray_port), "the Ray head", pid, log, timeout_s)
     return record
+
+
+def private_ray_token() -> Path:
+    """Ray's token (``~/.ray/auth_token``), created readable by its owner only: Ray itself
+    writes it 0644, and whoever reads it can submit jobs to the cluster."""
+    path = Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    os.chmod(path, 0o600)
+    return path
 
 
 def _clear_leftovers(record: dict | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import IO
 
 import ray
 from ray import tune
+from ray.exceptions import RayActorError
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -121,8 +123,52 @@ class ProgressPrinter(tune.Callback):
         self._line(trials, trial, f"FAILED: {tracking.error_summary(trial)}")
 
 
+class KilledForMemory(RayActorError):
+    """A trial's worker killed by Ray's memory monitor."""
+
+
+def _memory_kills_fail_trials() -> None:
+    """Make a trial whose worker Ray's memory monitor killed a failed trial, not a driver crash.
+
+    Ray Tune 2.60's actor manager knows two errors from a trial's worker: the actor died, or its
+    task raised. The memory monitor's ``OutOfMemoryError`` is neither, and Tune raises
+    ``RuntimeError: Caught unexpected exception`` out of ``fit()`` (every resume again). It is
+    the actor's death, so it is handed on as one: Tune retries the trial
+    (``failures.max_retries``), then marks it FAILED with this reason, and the sweep goes on."""
+    from ray.air.execution._internal import actor_manager
+    from ray.exceptions import OutOfMemoryError
+
+    manager = actor_manager.RayActorManager
+    handle = manager._actor_task_failed
+    if getattr(handle, "samplewise", False):
+        return
+
+    def handle_memory_kill(self, tracked_actor_task, exception):
+        if isinstance(exception, OutOfMemoryError):
+            usage = re.search(r"was ([\d.]+GB used / [\d.]+GB limit)", str(exception))
+            exception = KilledForMemory(error_msg="killed by Ray's memory monitor (node memory "
+                                        f"{usage.group(1) if usage else 'nearly full'}); give the trial less to hold")
+        return handle(self, tracked_actor_task, exception)
+
+    handle_memory_kill.samplewise = True
+    manager._actor_task_failed = handle_memory_kill
+
+
+_reaper = None
+
+
+def shutdown_ray() -> None:
+    """Stop the Ray this driver started (and its reaper, see :mod:`services.reaper`)."""
+    global _reaper
+    ray.shutdown()
+    if _reaper is not None:
+        _reaper.stop()
+        _reaper = None
+
+
 def init_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray; returns whether this call started it."""
+    _memory_kills_fail_trials()
     if ray.is_initialized():
         return False
     from services import local
@@ -130,6 +176,11 @@ def init_ray(address: str | None) -> bool:
     head = local.running().get("ray")
     if head and address == head["address"]:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # the head `make up` started requires it
+    global _reaper
+    if address is None:  # our own local Ray: stopped whole even if this driver is killed outright
+        from services.reaper import Reaper
+
+        _reaper = Reaper()
     ray.init(
         # "local": a fresh Ray of our own, never a cluster some `ray start` left on this machine
         address=address or "local",
@@ -240,7 +291,7 @@ def run_sweep(
         raise
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray()
     return SweepOutcome(tracker.parent_run_id if tracker else "", tracker.experiment_id if tracker else "",
                         uri, f"{storage}/{run_name}", results.num_errors)
 
@@ -289,4 +340,4 @@ def resume_sweep(
         return SweepOutcome(parent.info.run_id, parent.info.experiment_id, uri, path, results.num_errors)
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray()

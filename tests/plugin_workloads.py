@@ -80,3 +80,25 @@ def typed(hidden: int = 8, depth: int = 1) -> Workload:
 def unannotated(hidden=8):
     """A plug-in without the `-> Workload` annotation."""
     return digits_mlp(hidden=hidden)
+
+
+def memory_hog(hidden: int = 8, gib: float = 4.0) -> Workload:
+    """Digits whose model, once training starts, holds ``gib`` GiB more on every forward pass
+    (touched, so it is resident): Ray's memory monitor kills the trial's worker."""
+    import torch
+    from torch import nn
+
+    base = digits_mlp(hidden=hidden)
+    held = []
+
+    class Hog(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = base.model_fn()
+
+        def forward(self, x):
+            if torch.is_grad_enabled():
+                held.append(torch.ones(int(gib * 2**30) // 4))
+            return self.inner(x)
+
+    return Workload(Hog, base.x_train, base.y_train, base.x_val, base.y_val, base.loss_fn)

@@ -13,6 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from services import metrics as m
+from services.reaper import descendants
 from services.tracking import trial_key
 from tests.conftest import ROOT
 
@@ -23,7 +24,7 @@ SPEC = {
     "searcher": {"kind": "random", "num_trials": NUM_TRIALS, "max_concurrent": 2, "seed": 0},
     "space": {"batch_sizes": [16, 32], "lr_per_sample": {"low": 1e-3, "high": 1e-2},
               "reductions": ["mean"], "optimizers": ["sgd"]},
-    "budget": {"epochs": 12, "report_every_samples": 2000},
+    "budget": {"epochs": 8, "report_every_samples": 2000},
     "asha": {"enabled": False},
     # checkpoint and snapshot often, so the kill lands between checkpoints of running trials
     "failures": {"checkpoint_every_s": 0.5, "snapshot_every_s": 1},
@@ -61,6 +62,19 @@ def _start_and_wait(tmp_path, spec, min_finished):
         os.killpg(driver.pid, signal.SIGKILL)
         pytest.fail("the sweep never got going: " + (tmp_path / "driver.log").read_text()[-3000:])
     return driver, client, uri
+
+
+def _still_running(processes):
+    """Those of {pid: start time} that still run (not zombies)."""
+    out = []
+    for pid, start in processes.items():
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] != "Z":
+            out.append((pid, open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:80]))
+    return out
 
 
 def _resume_and_check(tmp_path, client, uri, spec, finished_before):
@@ -102,8 +116,14 @@ def test_sigkill_at_any_moment_then_resume_keeps_one_finished_run_per_configurat
     # to the restored Tune state, the worst moment for a kill
     spec = {**SPEC, "failures": {"checkpoint_every_s": 0, "snapshot_every_s": 3600}}
     driver, client, uri = _start_and_wait(tmp_path, spec, min_finished=3)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    started = descendants(driver.pid, exclude=-1)  # the local Ray it started, trial workers included
+    assert len(started) >= 3
+    driver.kill()  # SIGKILL to the driver alone: nothing of it may run on
     driver.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _still_running(started):
+        time.sleep(0.5)
+    assert not _still_running(started), _still_running(started)
     experiment = client.get_experiment_by_name(spec["name"])
     before = _children(client, experiment.experiment_id)
     finished_before = [r for r in before if r.info.status == "FINISHED"]

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,6 +76,8 @@ def services_up(tmp_path_factory):
 def test_up_binds_loopback_and_status_shows_it(services_up):
     home, record = services_up
     assert record["mlflow"]["url"].startswith("http://127.0.0.1:")
+    for private in (home / ".samplewise" / "services.json", Path.home() / ".ray" / "auth_token"):
+        assert oct(os.stat(private).st_mode & 0o777) == "0o600", private
     status = cli("status", home=home)
     assert status.returncode == 0
     assert f"MLflow server  running  {record['mlflow']['url']}" in status.stdout

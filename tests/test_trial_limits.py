@@ -50,3 +50,36 @@ def test_a_nan_initial_loss_reports_a_finite_objective(tmp_path, ray_session, mo
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags[m.TAG_DIVERGED] == "true"
         assert math.isfinite(child.data.metrics[m.OBJECTIVE]), child.data.metrics
+
+
+def test_a_trial_killed_by_rays_memory_monitor_fails_and_the_sweep_goes_on(tmp_path):
+    """A local Ray whose memory monitor acts at 12% of this machine's memory, and trials that
+    each hold a GiB more per step: the monitor kills them; the driver must not crash."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    spec = spec_dict(name="oom", workload={"name": "tests.plugin_workloads:memory_hog", "params": {"gib": 1.0}},
+                     searcher={"kind": "random", "num_trials": 2, "max_concurrent": 1, "seed": 0},
+                     budget={"epochs": 1}, noise={"enabled": False}, failures={"max_retries": 0})
+    (tmp_path / "oom.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_memory_usage_threshold": "0.12",
+           "RAY_memory_monitor_refresh_ms": "100"}
+    env.pop("RAY_ADDRESS", None)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run([sys.executable, "-m", "services.cli", "sweep", "oom.yaml", "--tracking-uri", uri],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert "Caught unexpected exception" not in out, out[-3000:]
+    assert done.returncode == 1 and "2 failed" in out, out[-3000:]  # every trial failed: exit 1
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("oom")
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FAILED"
+        assert "killed by Ray's memory monitor" in child.data.tags[m.TAG_ERROR], child.data.tags[m.TAG_ERROR]

@@ -184,7 +184,7 @@ def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result, dict]
     """Ray is running and the MLflow store exists before the clock starts, as on a machine after
     ``make up`` or after its first sweep; what those one-time steps took is in the detail.
     Also runs the same sweep with MLflow off, for the tracking overhead on ~10 s trials."""
-    from services.tracking import client_for, ensure_experiment
+    from services.store import client_for, ensure_experiment
 
     trials = 2 if quick else 8
     probe = _spec("bench_probe", 1, 1)
@@ -317,7 +317,7 @@ def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
     measurement, whose trials last a fraction of a second. MLflow's cost is per trial run
     (a ``create_run``, a ``log_batch`` per second, a ``set_terminated``), paid in the driver's
     CPU, so short trials show it most; the goal is judged on ~10 s trials, like orchestration."""
-    from services.tracking import client_for, ensure_experiment
+    from services.store import client_for, ensure_experiment
 
     spec = _search_spec("bench_tracking", True, 0, quick)
     uri = f"sqlite:///{store / 'tracking.db'}"
@@ -354,7 +354,7 @@ def bench_export(quick: bool, store: Path) -> Result:
 
     from services.export import export_sweep
     from services.spec import parse_spec
-    from services.tracking import PARENT_TAG, ensure_experiment, start_parent_run
+    from services.store import PARENT_TAG, ensure_experiment, start_parent_run
 
     n = 50 if quick else 10_000
     uri = f"sqlite:///{store / 'export.db'}"

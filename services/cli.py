@@ -45,10 +45,10 @@ def cmd_validate(args) -> int:
 
 
 def _summary(outcome, args, spec) -> int:
-    from services import export, tracking
+    from services import export, store
     from services.analysis import format_outcomes, format_table, summarize
 
-    client = tracking.client_for(outcome.tracking_uri)
+    client = store.client_for(outcome.tracking_uri)
     records = export.load_records(client, client.get_run(outcome.parent_run_id))
     print()
     print(format_table(summarize(records, spec.space.lr_ranges())))
@@ -117,10 +117,10 @@ def cmd_export(args) -> int:
 
 def cmd_compare(args) -> int:
     spec = load_spec(args.spec)
-    from services import compare, export, tracking
+    from services import compare, export, store
 
     uri = args.tracking_uri or paths.tracking_uri()
-    client = tracking.client_for(uri)
+    client = store.client_for(uri)
     parent = export.find_parent_run(client, spec.name, args.parent_run_id)
     records = export.load_records(client, parent)
     if parent.info.status == "RUNNING":

@@ -60,11 +60,11 @@ def cmd_down(args) -> int:
 
 
 def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
-    from services import export, tracking
+    from services import export, store
     from services.errors import TrackingError
 
     try:  # a server that does not answer must not hold status up: MLflow would retry for minutes
-        tracking.check_store(uri, timeout_s=3, create=False)
+        store.check_store(uri, timeout_s=3, create=False)
     except TrackingError:
         return f"trials unknown (MLflow at {uri} does not answer)"
     except Exception as err:  # noqa: BLE001 - status prints whatever it can
@@ -72,7 +72,7 @@ def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
     try:
-        client = tracking.client_for(uri)
+        client = store.client_for(uri)
         parent = export.find_parent_run(client, sweep)
         runs = export.load_records(client, parent)
     except Exception as err:  # status must print whatever it can
@@ -144,11 +144,11 @@ def cmd_ui(args) -> int:
 
 def cmd_ui_check(args) -> int:
     spec = load_spec(args.spec)
-    from services import export, local, tracking
+    from services import export, local, store
     from services.ui_check import check_runs_page
 
     uri = args.tracking_uri or paths.tracking_uri()
-    client = tracking.client_for(uri)
+    client = store.client_for(uri)
     parent = export.find_parent_run(client, spec.name)
     children = [r.run_id for r in export.load_records(client, parent)]
     out = Path(args.out or paths.state_dir() / "ui-check.png")

@@ -33,7 +33,7 @@ from services.analysis import GroupSummary, TrialRecord, edge_warning, summarize
 from services.errors import ExportError, SpecError, TrackingError
 from services.fit import CI
 from services.laws import AIC_MARGIN, LawFit
-from services.tracking import PARENT_TAG, client_for
+from services.store import PARENT_TAG, client_for
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

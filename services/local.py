@@ -311,9 +311,9 @@ def stop_driver(record: dict, grace_s: float) -> bool:
     if _alive(record["pid"]):
         _stop_group(record["pid"])
         try:
-            from services import export, tracking
+            from services import export, store
 
-            client = tracking.client_for(record["tracking_uri"])
+            client = store.client_for(record["tracking_uri"])
             parent = export.find_parent_run(client, record["sweep"])
             if parent.info.status == "RUNNING":
                 client.set_terminated(parent.info.run_id, status="KILLED")

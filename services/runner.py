@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.tied import grid_points, tied_space
 from services import metrics as m
-from services import paths, tracking, workloads
+from services import paths, store, tracking, workloads
 from services.errors import ResumeError, SweepInterrupted
 from services.schedulers import GroupedASHA
 from services.spec import SweepSpec, check_cpus
@@ -240,7 +240,7 @@ def run_sweep(
     stream = stream or sys.stdout
     uri = tracking_uri or paths.tracking_uri()
     if track:
-        tracking.check_store(uri)
+        store.check_store(uri)
     workload = workloads.build(spec.workload)  # a bad workload fails here, before anything starts
     n_train = workload.n_train
     budget_samples = spec.budget.total_samples(n_train)
@@ -314,8 +314,8 @@ def resume_sweep(
 
     stream = stream or sys.stdout
     uri = tracking_uri or paths.tracking_uri()
-    tracking.check_store(uri, create=False)
-    client = tracking.client_for(uri)
+    store.check_store(uri, create=False)
+    client = store.client_for(uri)
     try:
         parent = find_parent_run(client, spec.name)
     except ExportError as err:
@@ -329,7 +329,7 @@ def resume_sweep(
     try:
         stream.write(f"resuming sweep {spec.name} from {path} (MLflow parent run {parent.info.run_id})\n")
         stream.flush()
-        replay = tracking.recorded_results(client, parent.info.experiment_id, parent.info.run_id)
+        replay = store.recorded_results(client, parent.info.experiment_id, parent.info.run_id)
         client.update_run(parent.info.run_id, status="RUNNING")
         _snapshot_period(spec)
         with _submission(lambda status: client.set_terminated(parent.info.run_id, status=status)):

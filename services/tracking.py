@@ -4,191 +4,39 @@ It runs in the Tune driver as a ``tune.Callback`` (one writer process, so a SQLi
 safe and workers on other nodes need no route to the tracking server). A sweep submission
 is one parent run; each trial is a child run nested under it with the trial's params, its
 metrics at ``step = samples_seen``, and tags for its trial id and how it ended.
-MLflow is imported lazily: importing samplewise does not import MLflow.
+MLflow is imported lazily: importing samplewise does not import MLflow. Opening the store and
+the queries shared with the rest of samplewise live in :mod:`services.store` (no Ray there).
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
-import logging
 import os
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from ray import tune
 
 from services import metrics as m
-from services.errors import ExportError, TrackingError
+from services.errors import TrackingError
+from services.store import (  # noqa: F401 - the store's names, for callers that hold a tracker
+    PARENT_TAG,
+    SUPERSEDED_WHY,
+    check_store,
+    child_runs,
+    client_for,
+    ensure_experiment,
+    recorded_results,
+    start_parent_run,
+    trial_key,
+)
 from services.writer import Writer
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from services.spec import SweepSpec
-
-PARENT_TAG = "mlflow.parentRunId"
-
-SUPERSEDED_WHY = ("trained by a driver that died before Ray Tune recorded the trial; the resumed sweep "
-                  "did not ask for this configuration again")
-
-KEY_PARAMS = tuple(k for k in m.PARAMS if k != "workload")
-
-
-def trial_key(params: Mapping[str, Any]) -> tuple[str, ...]:
-    """What makes two trials the same configuration: their params as MLflow stores them (the
-    ``str`` of each Tune config value), so a Tune config and an MLflow run compare equal."""
-    return tuple(str(params.get(k, "")) for k in KEY_PARAMS)
-
-
-def client_for(tracking_uri: str, create: bool = False) -> "MlflowClient":
-    """A client of ``tracking_uri``. A local SQLite store is created (``create``) or must exist,
-    and is made ready under a file lock first (see :func:`prepare_sqlite`)."""
-    from mlflow.tracking import MlflowClient
-
-    if tracking_uri.startswith("sqlite:///"):
-        prepare_sqlite(tracking_uri, create)
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-_prepared: set[str] = set()
-
-
-def prepare_sqlite(uri: str, create: bool) -> None:
-    """Create, or check, the SQLite store at ``uri`` while holding an exclusive lock on
-    ``<db>.lock``, once per process: two drivers started at once on a new store must not both
-    run MLflow's migrations (they race and can leave it half-migrated). A store whose schema is
-    behind (an older MLflow, or a migration cut short) is migrated under the lock; one that
-    cannot be is reported with what to do. Leftover ``_alembic_tmp_*`` tables of a migration
-    cut short are dropped first (alembic copies a table into one, then renames it back)."""
-    if uri in _prepared:
-        return
-    db = Path(uri.removeprefix("sqlite:///"))
-    if not db.exists() and not create:
-        raise ExportError(f"no MLflow store at {db}: run a sweep first (or give --tracking-uri)")
-    try:
-        lock = open(db.with_name(db.name + ".lock"), "a")
-    except OSError as err:
-        raise TrackingError(f"MLflow tracking store {uri} is not usable: {err}") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        import sqlalchemy
-        from mlflow.store.db import utils as db_utils
-
-        engine = sqlalchemy.create_engine(uri)
-        quiet = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
-        levels = [logger.level for logger in quiet]
-        for logger in quiet:  # "Creating initial MLflow database tables...": not news to a user
-            logger.setLevel(logging.WARNING)
-        try:
-            with engine.begin() as conn:
-                for table in sqlalchemy.inspect(conn).get_table_names():
-                    if table.startswith("_alembic_tmp_"):
-                        conn.execute(sqlalchemy.text(f'DROP TABLE "{table}"'))
-            if not db_utils._all_tables_exist(engine):
-                db_utils._initialize_tables(engine)
-            elif db_utils._get_schema_version(engine) != db_utils._get_latest_schema_revision():
-                db_utils._upgrade_db(engine)
-        except Exception as err:  # noqa: BLE001 - any failure here leaves the store unusable
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise TrackingError(
-                f"MLflow tracking store {uri} cannot be created or migrated ({first[:150]}); move it aside "
-                f"(mv {db} {db}.broken) and run again, or repair it with: mlflow db upgrade {uri}") from None
-        finally:
-            engine.dispose()
-            for logger, level in zip(quiet, levels):
-                logger.setLevel(level)
-    _prepared.add(uri)
-
-
-def check_store(uri: str, timeout_s: float = 5.0, create: bool = True) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer its health check, or
-    a local store cannot be created or migrated (before Ray starts)."""
-    if uri.startswith("sqlite:///"):
-        prepare_sqlite(uri, create)
-        return
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
-            if response.status == 200:
-                return
-            reason = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as err:
-        reason = str(getattr(err, "reason", err))
-    raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); nothing was started")
-
-
-def ensure_experiment(client: "MlflowClient", name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment ``name``, created if missing (one experiment per sweep name)."""
-    try:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception as err:  # any store failure: unreachable server, bad URI, locked file
-        summary = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrackingError(f"MLflow tracking store {client.tracking_uri} is not usable: {summary}") from None
-
-
-def child_runs(client: "MlflowClient", experiment_id: str, parent_run_id: str) -> list:
-    """Every child run of ``parent_run_id``, all pages."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                                  max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def recorded_results(client: "MlflowClient", experiment_id: str, parent_run_id: str) -> dict[tuple, list[dict]]:
-    """What each FINISHED child run reported, by configuration: enough for Tune's searcher and
-    scheduler to learn a trial again without training it (objective and samples seen at every
-    report, then the run's last values of every metric)."""
-    out: dict[tuple, list[dict]] = {}
-    for run in child_runs(client, experiment_id, parent_run_id):
-        if run.info.status != "FINISHED" or run.data.tags.get(m.TAG_SUPERSEDED):
-            continue
-        final = {k: v for k, v in run.data.metrics.items() if k in m.REPORTED}
-        history = sorted((p.step, p.value) for p in client.get_metric_history(run.info.run_id, m.OBJECTIVE))
-        results = [{m.SAMPLES_SEEN: step, m.OBJECTIVE: value, m.DIVERGED: 0.0} for step, value in history[:-1]]
-        out.setdefault(trial_key(run.data.params), results + [{**final, m.REPLAYED: 1.0}])
-    return out
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
-    if isinstance(value, Mapping):
-        for key, sub in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
-    else:
-        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-
-
-def start_parent_run(client: "MlflowClient", experiment_id: str, spec: "SweepSpec", spec_path: str) -> str:
-    """Create the parent run of a sweep submission, with the spec as params and artifact."""
-    from mlflow.entities import Param
-
-    run = client.create_run(
-        experiment_id,
-        run_name=spec.name,
-        tags={m.TAG_SWEEP: spec.name, m.TAG_ROLE: "parent", m.TAG_SPEC_PATH: spec_path},
-    )
-    flat: dict[str, str] = {}
-    _flatten("", spec.model_dump(mode="json", exclude={"description"}), flat)
-    params = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
-    for i in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[i : i + 100])
-    client.log_dict(run.info.run_id, spec.model_dump(mode="json"), "spec.yaml")
-    return run.info.run_id
-
 
 def error_summary(trial) -> str:
     """The last line of a failed trial's traceback (e.g. ``ValueError: bad shape``)."""

@@ -310,7 +310,7 @@ def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
     """
     from ray import tune
 
-    from services.tracking import trial_key
+    from services.store import trial_key
 
     recorded = (replay or {}).get(trial_key(config))
     if recorded:

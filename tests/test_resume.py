@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from services import metrics as m
 from services.reaper import descendants
-from services.tracking import trial_key
+from services.store import trial_key
 from tests.conftest import ROOT
 
 NUM_TRIALS = 8

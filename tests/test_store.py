@@ -13,9 +13,9 @@ from tests.conftest import ROOT, spec_dict
 
 OPEN_AND_WRITE = """
 import sys
-from services import tracking
-client = tracking.client_for(sys.argv[1], create=True)
-tracking.ensure_experiment(client, "exp-" + sys.argv[2])
+from services import store
+client = store.client_for(sys.argv[1], create=True)
+store.ensure_experiment(client, "exp-" + sys.argv[2])
 """
 
 

@@ -8,7 +8,7 @@ SWEEP  ?= sweeps/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test bench bench-quick validate export compare verify ui ui-check browser-deps up down status logs resume clean
+.PHONY: install sweep test test-fast bench bench-quick validate export compare verify ui ui-check browser-deps up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ sweep: install  ## run a sweep: make sweep SWEEP=sweeps/x.yaml
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the tests that need no real Ray or MLflow server (about a minute)
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 bench: install  ## measure samplewise against its goals (about 15 min on 2 cores); writes BENCHMARKS.md
 	$(BIN)/samplewise bench

@@ -2,7 +2,11 @@
 
 Never a timed assertion: the figures of a quick run on a shared machine mean nothing."""
 
+import pytest
+
 from services import cli
+
+pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
 
 
 def test_bench_quick_runs_every_measurement(tmp_path, capsys):

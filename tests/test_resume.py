@@ -17,6 +17,8 @@ from services.reaper import descendants
 from services.store import trial_key
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
+
 NUM_TRIALS = 8
 SPEC = {
     "name": "resumable",

@@ -2,12 +2,16 @@
 
 import json
 
+import pytest
+
 from mlflow.tracking import MlflowClient
 
 from services import cli
 from services import metrics as m
 from services.spec import parse_spec
 from tests.conftest import spec_dict
+
+pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
 
 
 def test_schedules_show_in_mlflow_and_compare(tmp_path, ray_session, monkeypatch, capsys):

@@ -22,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from services import metrics as m
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
+
 SPEC = {
     "name": "twonode",
     "workload": {"name": "digits_mlp", "params": {"hidden": 32}},

@@ -11,6 +11,8 @@ import yaml
 from services import cli
 from tests.conftest import ROOT, spec_dict
 
+pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
+
 OPEN_AND_WRITE = """
 import sys
 from services import store

@@ -11,6 +11,8 @@ from services import metrics as m
 from services.spec import parse_spec
 from tests.conftest import spec_dict
 
+pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
+
 
 def _children(client, outcome):
     return client.search_runs([outcome.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")

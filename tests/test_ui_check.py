@@ -7,10 +7,14 @@ from services import cli
 from services.ui_check import browser_paths
 from tests.conftest import SWEEPS
 
-pytestmark = pytest.mark.skipif(
-    browser_paths() is None,
-    reason="Chromium and chromedriver are not installed; `make browser-deps` installs Debian's chromium and chromium-driver",
-)
+pytestmark = [
+    pytest.mark.integration,  # real Ray, MLflow and processes: `make test-fast` skips these
+    pytest.mark.skipif(
+        browser_paths() is None,
+        reason="Chromium and chromedriver are not installed; `make browser-deps` installs Debian's chromium and "
+               "chromium-driver",
+    ),
+]
 
 
 def test_ui_shows_the_parent_run_and_its_children(smoke_sweep, tmp_path, capsys):

@@ -8,7 +8,7 @@ SWEEP  ?= sweeps/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test test-fast bench bench-quick validate export compare verify ui ui-check browser-deps up down status logs resume clean
+.PHONY: install sweep test test-fast lint format bench bench-quick validate export compare verify ui ui-check browser-deps up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ sweep: install  ## run a sweep: make sweep SWEEP=sweeps/x.yaml
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff: lint and format check (make format rewrites)
+	$(BIN)/ruff check services search_spaces tests
+	$(BIN)/ruff format --check services search_spaces tests
+
+format: install  ## rewrite the code in the project's format and fix what ruff can
+	$(BIN)/ruff format services search_spaces tests
+	$(BIN)/ruff check --fix services search_spaces tests
 
 test-fast: install  ## the tests that need no real Ray or MLflow server (about a minute)
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)

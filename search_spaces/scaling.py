@@ -68,9 +68,17 @@ class TrialHParams:
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> "TrialHParams":
         """Parse the string params of a trial's MLflow run back into their types."""
-        types = {"batch_size": int, "seed": int, "lr_per_sample": float, "lr": float, "k": float,
-                 "weight_decay": float, "momentum": float, "eps": float,
-                 "decoupled_decay": lambda v: str(v).lower() == "true"}
+        types = {
+            "batch_size": int,
+            "seed": int,
+            "lr_per_sample": float,
+            "lr": float,
+            "k": float,
+            "weight_decay": float,
+            "momentum": float,
+            "eps": float,
+            "decoupled_decay": lambda v: str(v).lower() == "true",
+        }
         return cls(**{name: types.get(name, str)(params[name]) for name in cls.__dataclass_fields__ if name in params})
 
 

@@ -4,8 +4,9 @@ The sampler sees only what is suggested: the rule constant c (the LR per sample)
 per optimizer (``lr_per_sample_sgd``, ...: each optimizer's c is modelled on its own, in its
 own range; per optimizer and batch size when stratified), and, unless the search is
 stratified, ``batch_size``, ``reduction``, ``optimizer``, and ``schedule`` and ``seed`` when
-the space lists more than one schedule / any seeds. The optimizer ``lr``, the rescaled ``eps`` and weight decay are derived by
-:func:`search_spaces.scaling.derive` and returned, so Tune merges them into the trial config.
+the space lists more than one schedule / any seeds. The optimizer ``lr``, the rescaled ``eps``
+and weight decay are derived by :func:`search_spaces.scaling.derive` and returned, so Tune
+merges them into the trial config.
 
 Three modes:
 
@@ -48,8 +49,9 @@ def cells(space: "SpaceSpec", seed: int) -> list[dict[str, Any]]:
     seeds = list(space.seeds) if space.seeds else [seed]
     return [
         {"seed": s, "schedule": sch, "optimizer": o, "reduction": r, "batch_size": b}
-        for s, sch, o, r, b in itertools.product(seeds, space.schedules, space.optimizers, space.reductions,
-                                                  space.batch_sizes)
+        for s, sch, o, r, b in itertools.product(
+            seeds, space.schedules, space.optimizers, space.reductions, space.batch_sizes
+        )
     ]
 
 

@@ -157,7 +157,7 @@ class GroupSummary:
     @property
     def b_noise_law(self) -> Optional[LawFit]:
         """The law whose B_noise to report: the chosen one if it has one, else the surge fit (Adam)
-    or the saturating fit (SGD), though not chosen."""
+        or the saturating fit (SGD), though not chosen."""
         if self.chosen is not None and "b_noise" in self.chosen.params:
             return self.chosen
         fallback = "surge" if self.optimizer in ADAPTIVE else "saturating"  # the law of this optimizer
@@ -181,8 +181,12 @@ class GroupSummary:
 
 def complete(record: TrialRecord) -> bool:
     """The run holds the params the analysis needs (a run cut off before its first write does not)."""
-    return record.optimizer != "?" and record.batch_size >= 1 and math.isfinite(record.lr) \
+    return (
+        record.optimizer != "?"
+        and record.batch_size >= 1
+        and math.isfinite(record.lr)
         and math.isfinite(record.lr_per_sample)
+    )
 
 
 def candidates(records: list[TrialRecord]) -> list[TrialRecord]:
@@ -238,12 +242,21 @@ def _noise_note(per_batch: list[BatchBest], optima: list[Optimum]) -> str:
     above = sum(o.batch_size > median for o in optima)
     if above * 2 <= len(optima):
         return ""
-    return (f"; {above} of {len(optima)} batch sizes lie above the measured noise scale B_simple ~ {median:.0f}, "
-            "where lr* is expected to flatten")
+    return (
+        f"; {above} of {len(optima)} batch sizes lie above the measured noise scale B_simple ~ {median:.0f}, "
+        "where lr* is expected to flatten"
+    )
 
 
-def _answer(g_best: Optional[TrialRecord], k: float, chosen: Optional[LawFit], law: Optional[PowerLaw],
-            text: str, rule_c, swept: list[int]) -> Optional[Answer]:
+def _answer(
+    g_best: Optional[TrialRecord],
+    k: float,
+    chosen: Optional[LawFit],
+    law: Optional[PowerLaw],
+    text: str,
+    rule_c,
+    swept: list[int],
+) -> Optional[Answer]:
     if chosen is not None and chosen.name != "power":
         return Answer(chosen.name, chosen, (min(chosen.batch_sizes), max(chosen.batch_sizes)))
     excluded = law is not None and len(law.batch_sizes) >= 3 and not law.k_lo - K_TOL <= k <= law.k_hi + K_TOL
@@ -272,12 +285,30 @@ def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, 
         fit_pool, bad = learned(at_bs)
         not_learned += len(bad)
         top = min(at_bs, key=lambda r: (r.val_loss, r.run_id))
-        per_batch.append(BatchBest(bs, top.lr, top.lr_per_sample, top.val_loss, top.val_accuracy,
-                                   len(at_bs), not top.stopped_early, top.b_simple, len(bad)))
+        per_batch.append(
+            BatchBest(
+                bs,
+                top.lr,
+                top.lr_per_sample,
+                top.val_loss,
+                top.val_accuracy,
+                len(at_bs),
+                not top.stopped_early,
+                top.b_simple,
+                len(bad),
+            )
+        )
         if len({r.lr for r in fit_pool}) >= 2:
             tried = [r.lr for r in members if r.batch_size == bs and (r.usable or r.diverged)]
-            optima.append(optimal_lr(bs, [r.lr for r in fit_pool], [r.val_loss for r in fit_pool], tried,
-                                     seeds=[r.seed for r in fit_pool]))
+            optima.append(
+                optimal_lr(
+                    bs,
+                    [r.lr for r in fit_pool],
+                    [r.val_loss for r in fit_pool],
+                    tried,
+                    seeds=[r.seed for r in fit_pool],
+                )
+            )
     interior = [o for o in optima if not o.on_edge]  # an optimum on the edge is a bound, not an estimate
     law, above = valid_range(interior) if len(interior) >= 2 else (None, [])
     text = verdict(law, first.k)
@@ -289,16 +320,30 @@ def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, 
     rule_c = rule_constant(regime, first.k) if len(regime) >= 2 else None
     swept = [b.batch_size for b in per_batch]
     return GroupSummary(
-        first.optimizer, first.reduction, first.schedule, first.rule, first.k, best, per_batch,
-        _counts(members, not_learned), optima=optima, law=law, above_range=[o.batch_size for o in above],
-        verdict=text, laws=laws, chosen=chosen, rule_c=rule_c,
+        first.optimizer,
+        first.reduction,
+        first.schedule,
+        first.rule,
+        first.k,
+        best,
+        per_batch,
+        _counts(members, not_learned),
+        optima=optima,
+        law=law,
+        above_range=[o.batch_size for o in above],
+        verdict=text,
+        laws=laws,
+        chosen=chosen,
+        rule_c=rule_c,
         answer=_answer(best, first.k, chosen, law, text, rule_c, swept) if swept else None,
-        range_edge=_edge(best.lr_per_sample, lr_range) if best else None, lr_range=lr_range,
+        range_edge=_edge(best.lr_per_sample, lr_range) if best else None,
+        lr_range=lr_range,
     )
 
 
-def summarize(records: Iterable[TrialRecord],
-              lr_ranges: Optional[Mapping[str, tuple[float, float]]] = None) -> list[GroupSummary]:
+def summarize(
+    records: Iterable[TrialRecord], lr_ranges: Optional[Mapping[str, tuple[float, float]]] = None
+) -> list[GroupSummary]:
     """One summary per optimizer x reduction x schedule, sorted by name. ``lr_ranges``: the
     LR-per-sample range searched per optimizer, for the edge warnings."""
     groups: dict[tuple[str, str, str], list[TrialRecord]] = defaultdict(list)
@@ -311,9 +356,11 @@ def summarize(records: Iterable[TrialRecord],
 def edge_warning(g: GroupSummary) -> Optional[str]:
     if g.range_edge is None or g.best is None or g.lr_range is None:
         return None
-    return (f"{g.name}: the best LR per sample {g.best.lr_per_sample:.3g} sits at the {g.range_edge} edge of "
-            f"the range searched [{g.lr_range[0]:.3g}, {g.lr_range[1]:.3g}]; widen lr_per_sample for "
-            f"{g.optimizer} {'downwards' if g.range_edge == 'low' else 'upwards'}")
+    return (
+        f"{g.name}: the best LR per sample {g.best.lr_per_sample:.3g} sits at the {g.range_edge} edge of "
+        f"the range searched [{g.lr_range[0]:.3g}, {g.lr_range[1]:.3g}]; widen lr_per_sample for "
+        f"{g.optimizer} {'downwards' if g.range_edge == 'low' else 'upwards'}"
+    )
 
 
 def format_table(groups: list[GroupSummary]) -> str:
@@ -338,8 +385,10 @@ def format_table(groups: list[GroupSummary]) -> str:
         b = g.best
         acc = f"{b.val_accuracy:.3f}" if b.val_accuracy is not None else "-"
         edge = f"  <- at the {g.range_edge} edge" if g.range_edge else ""
-        lines.append(f"{lead}{b.lr_per_sample:>11.3e} {g.k:>4g} {b.batch_size:>6} "
-                     f"{b.lr:>9.3e} {b.val_loss:>9.4f} {acc:>7}  {trials}{edge}")
+        lines.append(
+            f"{lead}{b.lr_per_sample:>11.3e} {g.k:>4g} {b.batch_size:>6} "
+            f"{b.lr:>9.3e} {b.val_loss:>9.4f} {acc:>7}  {trials}{edge}"
+        )
     lines.append("")
     for g in groups:
         if g.answer is None:
@@ -347,16 +396,21 @@ def format_table(groups: list[GroupSummary]) -> str:
         lines.append(f"{g.name}: rule {g.verdict}")
         source = g.answer.source + (" law" if g.answer.source in ("saturating", "surge") else "")
         law = f"from the {source}" + (
-            f"; best-supported law by AICc: {g.chosen.name} (of {', '.join(x.name for x in g.laws)})" if g.chosen else "")
+            f"; best-supported law by AICc: {g.chosen.name} (of {', '.join(x.name for x in g.laws)})"
+            if g.chosen
+            else ""
+        )
         lines.append(f"    {g.answer.formula}  for B in {g.answer.batch_range[0]}..{g.answer.batch_range[1]}  [{law}]")
         agree = g.b_noise_agrees
         if agree is not None:
             lo, hi = g.b_noise_law.intervals["b_noise"]
             span = f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]"
             fit = "LR fit" if g.b_noise_law is g.chosen else f"{g.b_noise_law.name} fit (not chosen)"
-            lines.append(f"    B_noise from the {fit} {g.b_noise_law.params['b_noise']:.3g} {span} "
-                         f"{'agrees' if agree else 'disagrees'} with B_simple measured "
-                         f"{g.b_simple_range[0]:.3g}..{g.b_simple_range[1]:.3g}")
+            lines.append(
+                f"    B_noise from the {fit} {g.b_noise_law.params['b_noise']:.3g} {span} "
+                f"{'agrees' if agree else 'disagrees'} with B_simple measured "
+                f"{g.b_simple_range[0]:.3g}..{g.b_simple_range[1]:.3g}"
+            )
         if g.counts.get("did_not_learn"):
             lines.append(f"    {g.counts['did_not_learn']} trial(s) did not learn (counted as tried, not fitted)")
     warnings = [w for w in (edge_warning(g) for g in groups) if w]
@@ -367,11 +421,15 @@ def format_table(groups: list[GroupSummary]) -> str:
 def format_outcomes(records: list[TrialRecord]) -> str:
     """One line of counts, then one line per failed trial with its error."""
     c = _counts(records)
-    lines = [f"{c['total']} trials: {c['completed']} completed, {c['stopped_early']} stopped early by ASHA, "
-             f"{c['diverged']} diverged, {c['failed']} failed" + (f", {c['killed']} killed" if c["killed"] else "")]
+    lines = [
+        f"{c['total']} trials: {c['completed']} completed, {c['stopped_early']} stopped early by ASHA, "
+        f"{c['diverged']} diverged, {c['failed']} failed" + (f", {c['killed']} killed" if c["killed"] else "")
+    ]
     missing = sum(not complete(r) for r in records)
     if missing:
-        lines.append(f"  {missing} run(s) without their params (cut off before the first write) left out of the analysis")
+        lines.append(
+            f"  {missing} run(s) without their params (cut off before the first write) left out of the analysis"
+        )
     for r in records:
         if r.status == "FAILED":
             lines.append(f"  failed {r.trial_id} ({r.optimizer}, {r.reduction}, B={r.batch_size}): {r.error}")

@@ -39,6 +39,7 @@ def _silent_stream():
 
 # ---- 1. training loop vs a DataLoader loop ------------------------------------------------
 
+
 def _dataloader_loop(workload, hp: TrialHParams, samples: int) -> float:
     """What a user writes: DataLoader over a TensorDataset, mean loss, .item() every step."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -48,8 +49,9 @@ def _dataloader_loop(workload, hp: TrialHParams, samples: int) -> float:
     torch.manual_seed(0)
     model = workload.model_fn()
     optimizer = make_optimizer(model, hp)
-    loader = DataLoader(TensorDataset(workload.x_train, workload.y_train), batch_size=hp.batch_size,
-                        shuffle=True, drop_last=True)
+    loader = DataLoader(
+        TensorDataset(workload.x_train, workload.y_train), batch_size=hp.batch_size, shuffle=True, drop_last=True
+    )
     seen, start, total_loss = 0, time.perf_counter(), 0.0
     while seen < samples:
         for x, y in loader:
@@ -112,16 +114,26 @@ def bench_training_loop(quick: bool) -> Result:
             runs["theirs"].append(_dataloader_loop(workload, hp, samples))
             runs["ceiling"].append(_step_ceiling(workload, hp, samples))
         ours, theirs, ceiling = (statistics.median(runs[k]) for k in ("ours", "theirs", "ceiling"))
-        rows[bs] = {"samplewise_samples_per_s": round(ours), "dataloader_samples_per_s": round(theirs),
-                    "ratio": round(ours / theirs, 2), "ceiling_samples_per_s": round(ceiling),
-                    "ceiling_vs_dataloader": round(ceiling / theirs, 2), "samplewise_of_ceiling": round(ours / ceiling, 2)}
+        rows[bs] = {
+            "samplewise_samples_per_s": round(ours),
+            "dataloader_samples_per_s": round(theirs),
+            "ratio": round(ours / theirs, 2),
+            "ceiling_samples_per_s": round(ceiling),
+            "ceiling_vs_dataloader": round(ceiling / theirs, 2),
+            "samplewise_of_ceiling": round(ours / ceiling, 2),
+        }
     worst = min(r["ratio"] for r in rows.values())
-    figure = ", ".join(f"B={b}: {r['ratio']}x" for b, r in rows.items()) + " (eager-step ceiling: " + ", ".join(
-        f"{r['ceiling_vs_dataloader']}x" for r in rows.values()) + ")"
+    figure = (
+        ", ".join(f"B={b}: {r['ratio']}x" for b, r in rows.items())
+        + " (eager-step ceiling: "
+        + ", ".join(f"{r['ceiling_vs_dataloader']}x" for r in rows.values())
+        + ")"
+    )
     return Result("training loop vs DataLoader loop", figure, ">= 3x", worst >= 3, rows)
 
 
 # ---- 2 and 6. orchestration overhead, peak memory ------------------------------------------
+
 
 def _bare_trial(args) -> float:
     spec, config = args
@@ -145,15 +157,22 @@ def _configs(spec) -> list[dict]:
 def _spec(name: str, epochs: float, trials: int, **space) -> Any:
     from services.spec import parse_spec
 
-    return parse_spec({
-        "name": name,
-        "workload": {"name": "mnist1d_mlp", "params": {"hidden": 256, "depth": 3}},
-        "searcher": {"kind": "random", "num_trials": trials, "max_concurrent": 2, "seed": 0},
-        "space": {"batch_sizes": [32, 64], "lr_per_sample": {"low": 1e-4, "high": 1e-3},
-                  "reductions": ["mean"], "optimizers": ["sgd"], **space},
-        "budget": {"epochs": epochs},
-        "asha": {"enabled": False},
-    })
+    return parse_spec(
+        {
+            "name": name,
+            "workload": {"name": "mnist1d_mlp", "params": {"hidden": 256, "depth": 3}},
+            "searcher": {"kind": "random", "num_trials": trials, "max_concurrent": 2, "seed": 0},
+            "space": {
+                "batch_sizes": [32, 64],
+                "lr_per_sample": {"low": 1e-4, "high": 1e-3},
+                "reductions": ["mean"],
+                "optimizers": ["sgd"],
+                **space,
+            },
+            "budget": {"epochs": epochs},
+            "asha": {"enabled": False},
+        }
+    )
 
 
 def _driver_cpu_s() -> float:
@@ -172,12 +191,15 @@ def _timed_sweep(spec, store: Path, uri: str, track: bool) -> tuple[float, float
 
 def _tracking(walls: dict[str, list[float]], cpu: dict[str, list[float]], trials: int) -> dict[str, Any]:
     """What MLflow costs one sweep, from interleaved runs with (``samplewise``) and without it."""
-    return {"trials": trials,
-            "with_mlflow_s": [round(w, 1) for w in walls["samplewise"]],
-            "without_s": [round(w, 1) for w in walls["untracked"]],
-            "overhead": statistics.median(walls["samplewise"]) / statistics.median(walls["untracked"]) - 1,
-            "driver_cpu_ms_per_trial": round((statistics.median(cpu["samplewise"]) - statistics.median(cpu["untracked"]))
-                                             / trials * 1000, 1)}
+    return {
+        "trials": trials,
+        "with_mlflow_s": [round(w, 1) for w in walls["samplewise"]],
+        "without_s": [round(w, 1) for w in walls["untracked"]],
+        "overhead": statistics.median(walls["samplewise"]) / statistics.median(walls["untracked"]) - 1,
+        "driver_cpu_ms_per_trial": round(
+            (statistics.median(cpu["samplewise"]) - statistics.median(cpu["untracked"])) / trials * 1000, 1
+        ),
+    }
 
 
 def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result, dict]:
@@ -219,26 +241,42 @@ def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result, dict]
                 outcome = result
     bare, tuned = statistics.median(walls["bare"]), statistics.median(walls["samplewise"])
     ratio = tuned / bare
-    detail = {"trials": trials, "epochs": epochs, "mean_trial_s": round(statistics.fmean(trial_s), 2),
-              "bare_wall_s": [round(w, 1) for w in walls["bare"]],
-              "samplewise_wall_s": [round(w, 1) for w in walls["samplewise"]],
-              "overhead_per_trial_s": round((tuned - bare) / trials * spec.searcher.max_concurrent, 2),
-              "untimed_store_create_s": round(store_create_s, 1)}
-    orchestration = Result("orchestration (Ray Tune + MLflow vs bare processes)",
-                           f"{ratio:.2f}x wall (median of {len(walls['bare'])}), {detail['overhead_per_trial_s']} s per trial",
-                           "<= 1.10 for ~10 s trials", ratio <= 1.10 if not quick else None, detail)
+    detail = {
+        "trials": trials,
+        "epochs": epochs,
+        "mean_trial_s": round(statistics.fmean(trial_s), 2),
+        "bare_wall_s": [round(w, 1) for w in walls["bare"]],
+        "samplewise_wall_s": [round(w, 1) for w in walls["samplewise"]],
+        "overhead_per_trial_s": round((tuned - bare) / trials * spec.searcher.max_concurrent, 2),
+        "untimed_store_create_s": round(store_create_s, 1),
+    }
+    orchestration = Result(
+        "orchestration (Ray Tune + MLflow vs bare processes)",
+        f"{ratio:.2f}x wall (median of {len(walls['bare'])}), {detail['overhead_per_trial_s']} s per trial",
+        "<= 1.10 for ~10 s trials",
+        ratio <= 1.10 if not quick else None,
+        detail,
+    )
     tracking = {"mean_trial_s": detail["mean_trial_s"], **_tracking(walls, cpu, trials)}
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    rss = [r.data.metrics.get(m.MAX_RSS_MB, 0) for r in client.search_runs(
-        [outcome.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")]
-    memory = Result("peak memory per trial worker", f"{max(rss):.0f} MiB (max over {len(rss)} trials)", "report",
-                    None, {"max_rss_mib": round(max(rss)), "median_rss_mib": round(statistics.median(rss))})
+    rss = [
+        r.data.metrics.get(m.MAX_RSS_MB, 0)
+        for r in client.search_runs([outcome.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
+    ]
+    memory = Result(
+        "peak memory per trial worker",
+        f"{max(rss):.0f} MiB (max over {len(rss)} trials)",
+        "report",
+        None,
+        {"max_rss_mib": round(max(rss)), "median_rss_mib": round(statistics.median(rss))},
+    )
     return orchestration, memory, tracking
 
 
 # ---- 3. search efficiency: tied TPE + ASHA vs untied random ----------------------------------
+
 
 def _search_spec(name: str, tied: bool, seed: int, quick: bool):
     from services.spec import parse_spec
@@ -248,24 +286,35 @@ def _search_spec(name: str, tied: bool, seed: int, quick: bool):
         space["lr_per_sample"] = {"low": 1e-4, "high": 1e-1}
     else:  # the raw LR, batch size independent: what a user without the rule searches
         space.update(lr_per_sample={"low": 1e-3, "high": 10.0}, rules={"sgd": "none"})
-    return parse_spec({
-        "name": name, "workload": {"name": "digits_mlp", "params": {"hidden": 64}},
-        # untied random search gets 3x the trials: with 40 it missed the target in every seed, and a
-        # sweep that never reaches it is counted with all it trained (an optimistic, censored figure)
-        # stratify off: this measures how fast each search reaches a good loss, not coverage
-        "searcher": {"kind": "tpe" if tied else "random", "num_trials": 4 if quick else (40 if tied else 120),
-                     "max_concurrent": 2, "seed": seed, "stratify": False},
-        "space": space, "budget": {"epochs": 2 if quick else 10},
-        "asha": {"enabled": tied, "grace_period_samples": 1078 if quick else 2156},
-        "noise": {"enabled": False},
-    })
+    return parse_spec(
+        {
+            "name": name,
+            "workload": {"name": "digits_mlp", "params": {"hidden": 64}},
+            # untied random search gets 3x the trials: with 40 it missed the target in every seed, and a
+            # sweep that never reaches it is counted with all it trained (an optimistic, censored figure)
+            # stratify off: this measures how fast each search reaches a good loss, not coverage
+            "searcher": {
+                "kind": "tpe" if tied else "random",
+                "num_trials": 4 if quick else (40 if tied else 120),
+                "max_concurrent": 2,
+                "seed": seed,
+                "stratify": False,
+            },
+            "space": space,
+            "budget": {"epochs": 2 if quick else 10},
+            "asha": {"enabled": tied, "grace_period_samples": 1078 if quick else 2156},
+            "noise": {"enabled": False},
+        }
+    )
 
 
 def _time_to_target(client, outcome, target: float) -> tuple[float, float, bool]:
     """(samples trained, wall seconds, reached) until the first trial at or below ``target``; a
     sweep that never gets there counts all it trained and all its time (censored: optimistic)."""
     parent = client.get_run(outcome.parent_run_id)
-    runs = client.search_runs([outcome.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    runs = client.search_runs(
+        [outcome.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'"
+    )
     samples = 0.0
     for run in sorted(runs, key=lambda r: r.info.end_time or 0):
         samples += run.data.metrics.get(m.SAMPLES_SEEN, 0)
@@ -283,33 +332,59 @@ def bench_search(quick: bool, store: Path) -> Result:
     client = MlflowClient(uri)
     per_seed = []
     for seed in range(1 if quick else 5):
-        outcomes = {kind: run_sweep(_search_spec(f"bench_search_{kind}", kind == "tied", seed, quick),
-                                    tracking_uri=uri, stream=_silent_stream(), storage_path=str(store / "ray"))
-                    for kind in ("tied", "untied")}
-        best = min(r.data.metrics.get(m.VAL_LOSS, float("inf"))
-                   for o in outcomes.values() for r in client.search_runs(
-                       [o.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{o.parent_run_id}'")
-                   if r.data.tags.get(m.TAG_DIVERGED) != "true")
+        outcomes = {
+            kind: run_sweep(
+                _search_spec(f"bench_search_{kind}", kind == "tied", seed, quick),
+                tracking_uri=uri,
+                stream=_silent_stream(),
+                storage_path=str(store / "ray"),
+            )
+            for kind in ("tied", "untied")
+        }
+        best = min(
+            r.data.metrics.get(m.VAL_LOSS, float("inf"))
+            for o in outcomes.values()
+            for r in client.search_runs(
+                [o.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{o.parent_run_id}'"
+            )
+            if r.data.tags.get(m.TAG_DIVERGED) != "true"
+        )
         hits = {kind: _time_to_target(client, o, best * 1.01) for kind, o in outcomes.items()}
-        per_seed.append({"seed": seed, "best_val_loss": round(best, 4),
-                         **{f"{k}_samples": v[0] for k, v in hits.items()},
-                         **{f"{k}_wall_s": round(v[1], 1) for k, v in hits.items()},
-                         **{f"{k}_reached": v[2] for k, v in hits.items()}})
-    med = {key: statistics.median(s[key] for s in per_seed)
-           for key in ("tied_samples", "untied_samples", "tied_wall_s", "untied_wall_s")}
+        per_seed.append(
+            {
+                "seed": seed,
+                "best_val_loss": round(best, 4),
+                **{f"{k}_samples": v[0] for k, v in hits.items()},
+                **{f"{k}_wall_s": round(v[1], 1) for k, v in hits.items()},
+                **{f"{k}_reached": v[2] for k, v in hits.items()},
+            }
+        )
+    med = {
+        key: statistics.median(s[key] for s in per_seed)
+        for key in ("tied_samples", "untied_samples", "tied_wall_s", "untied_wall_s")
+    }
     ratio = med["tied_samples"] / med["untied_samples"]
     med["untied_never_reached"] = sum(not s["untied_reached"] for s in per_seed)
     med["tied_never_reached"] = sum(not s["tied_reached"] for s in per_seed)
-    censored = (f"; untied never reached the target in {med['untied_never_reached']} of {len(per_seed)} seeds, "
-                "so the ratio is an upper bound") if med["untied_never_reached"] else ""
-    return Result("search efficiency (tied TPE + ASHA vs untied random, samples to within 1% of best)",
-                  f"{ratio:.2f}x the samples, {med['tied_wall_s']:.0f} s vs {med['untied_wall_s']:.0f} s (medians)"
-                  + censored,
-                  "<= 0.25x the samples", ratio <= 0.25 if not quick else None,
-                  {"median": med, "per_seed": per_seed})
+    censored = (
+        (
+            f"; untied never reached the target in {med['untied_never_reached']} of {len(per_seed)} seeds, "
+            "so the ratio is an upper bound"
+        )
+        if med["untied_never_reached"]
+        else ""
+    )
+    return Result(
+        "search efficiency (tied TPE + ASHA vs untied random, samples to within 1% of best)",
+        f"{ratio:.2f}x the samples, {med['tied_wall_s']:.0f} s vs {med['untied_wall_s']:.0f} s (medians)" + censored,
+        "<= 0.25x the samples",
+        ratio <= 0.25 if not quick else None,
+        {"median": med, "per_seed": per_seed},
+    )
 
 
 # ---- 4. tracking overhead ------------------------------------------------------------------
+
 
 def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
     """The same sweep with and without MLflow, at two trial lengths: ``long`` holds the ~10 s
@@ -333,20 +408,30 @@ def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
             cpu[arm].append(used)
             if track:
                 tracked = outcome
-    runs = client.search_runs([tracked.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{tracked.parent_run_id}'")
-    short = {"median_trial_s": statistics.median((r.info.end_time - r.info.start_time) / 1000 for r in runs),
-             **_tracking(walls, cpu, spec.num_trials)}
-    figure = (f"{long['overhead'] * 100:+.1f}% on ~{long['mean_trial_s']:.0f} s trials; "
-              f"{short['overhead'] * 100:+.1f}% on ~{short['median_trial_s']:.1f} s trials "
-              f"({short['driver_cpu_ms_per_trial']:.0f} ms of driver CPU per trial run)")
+    runs = client.search_runs(
+        [tracked.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{tracked.parent_run_id}'"
+    )
+    short = {
+        "median_trial_s": statistics.median((r.info.end_time - r.info.start_time) / 1000 for r in runs),
+        **_tracking(walls, cpu, spec.num_trials),
+    }
+    figure = (
+        f"{long['overhead'] * 100:+.1f}% on ~{long['mean_trial_s']:.0f} s trials; "
+        f"{short['overhead'] * 100:+.1f}% on ~{short['median_trial_s']:.1f} s trials "
+        f"({short['driver_cpu_ms_per_trial']:.0f} ms of driver CPU per trial run)"
+    )
     shown = {"long_trials": long, "short_trials": short}
-    return Result("tracking overhead (same sweep with and without MLflow)", figure,
-                  "<= 3% (~10 s trials)", long["overhead"] <= 0.03 if not quick else None,
-                  {name: {k: round(v, 3) if isinstance(v, float) else v for k, v in arm.items()}
-                   for name, arm in shown.items()})
+    return Result(
+        "tracking overhead (same sweep with and without MLflow)",
+        figure,
+        "<= 3% (~10 s trials)",
+        long["overhead"] <= 0.03 if not quick else None,
+        {name: {k: round(v, 3) if isinstance(v, float) else v for k, v in arm.items()} for name, arm in shown.items()},
+    )
 
 
 # ---- 5. analysis and export over a large store ----------------------------------------------
+
 
 def bench_export(quick: bool, store: Path) -> Result:
     from mlflow.entities import Metric, Param, RunTag
@@ -359,11 +444,20 @@ def bench_export(quick: bool, store: Path) -> Result:
     n = 50 if quick else 10_000
     uri = f"sqlite:///{store / 'export.db'}"
     client = MlflowClient(uri)
-    spec = parse_spec({"name": "bench_export", "workload": {"name": "digits_mlp"},
-                       "searcher": {"kind": "random", "num_trials": n},
-                       "space": {"batch_sizes": [16, 32, 64, 128, 256], "lr_per_sample": {"low": 1e-4, "high": 1e-1},
-                                 "reductions": ["mean", "sum"], "optimizers": ["sgd", "adam"]},
-                       "budget": {"epochs": 10}})
+    spec = parse_spec(
+        {
+            "name": "bench_export",
+            "workload": {"name": "digits_mlp"},
+            "searcher": {"kind": "random", "num_trials": n},
+            "space": {
+                "batch_sizes": [16, 32, 64, 128, 256],
+                "lr_per_sample": {"low": 1e-4, "high": 1e-1},
+                "reductions": ["mean", "sum"],
+                "optimizers": ["sgd", "adam"],
+            },
+            "budget": {"epochs": 10},
+        }
+    )
     experiment = ensure_experiment(client, spec.name)
     parent = start_parent_run(client, experiment, spec, "")
     client.set_tag(parent, m.TAG_BUDGET_SAMPLES, "14370")
@@ -375,25 +469,36 @@ def bench_export(quick: bool, store: Path) -> Result:
         c = float(10 ** (-4 + 3 * torch.rand(1, generator=gen).item()))
         hp = derive(batch_size=bs, reduction=red, optimizer=opt, lr_per_sample=c)
         loss = 0.1 + (torch.log10(torch.tensor(c)).item() + 2.5) ** 2 + 0.05 * torch.rand(1, generator=gen).item()
-        run = client.create_run(experiment, run_name=f"t{i}", tags={PARENT_TAG: parent, m.TAG_ROLE: "trial",
-                                                                     m.TAG_TRIAL_ID: f"t{i}"})
+        run = client.create_run(
+            experiment, run_name=f"t{i}", tags={PARENT_TAG: parent, m.TAG_ROLE: "trial", m.TAG_TRIAL_ID: f"t{i}"}
+        )
         now = int(time.time() * 1000)
-        client.log_batch(run.info.run_id,
-                         params=[Param(k, str(v)) for k, v in hp.as_config().items() if k in m.PARAMS],
-                         metrics=[Metric(m.VAL_LOSS, loss, now, 14370), Metric(m.SAMPLES_SEEN, 14370, now, 14370),
-                                  Metric(m.VAL_ACCURACY, 1 - loss / 5, now, 14370)],
-                         tags=[RunTag(m.TAG_DIVERGED, "false"), RunTag(m.TAG_STOPPED_EARLY, "false")])
+        client.log_batch(
+            run.info.run_id,
+            params=[Param(k, str(v)) for k, v in hp.as_config().items() if k in m.PARAMS],
+            metrics=[
+                Metric(m.VAL_LOSS, loss, now, 14370),
+                Metric(m.SAMPLES_SEEN, 14370, now, 14370),
+                Metric(m.VAL_ACCURACY, 1 - loss / 5, now, 14370),
+            ],
+            tags=[RunTag(m.TAG_DIVERGED, "false"), RunTag(m.TAG_STOPPED_EARLY, "false")],
+        )
         client.set_terminated(run.info.run_id, "FINISHED")
     generate = time.perf_counter() - start
     start = time.perf_counter()
     export_sweep(spec.name, uri, store / "exports", parent, holdout=False)
     took = time.perf_counter() - start
-    return Result(f"analysis and export over {n:,} trial runs", f"{took:.1f} s", "<= 10 s",
-                  took <= 10 if not quick else None, {"runs": n, "export_s": round(took, 2),
-                                                      "generate_s": round(generate, 1)})
+    return Result(
+        f"analysis and export over {n:,} trial runs",
+        f"{took:.1f} s",
+        "<= 10 s",
+        took <= 10 if not quick else None,
+        {"runs": n, "export_s": round(took, 2), "generate_s": round(generate, 1)},
+    )
 
 
 # ---- report ---------------------------------------------------------------------------------
+
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()

@@ -13,10 +13,17 @@ import sys
 from pathlib import Path
 
 from services import cli_local, paths
-from services.errors import (ENVIRONMENT_ERRORS, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, USAGE_ERRORS,
-                             SpecError, SweepInterrupted)
+from services.errors import (
+    ENVIRONMENT_ERRORS,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    USAGE_ERRORS,
+    SpecError,
+    SweepInterrupted,
+)
 from services.spec import check_cpus, load_spec
-
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,9 +40,6 @@ def _load_checked(path: str):
     if not paths.ray_address():  # a local Ray gets this machine's CPUs; a cluster is checked on connecting
         check_cpus(spec, float(os.cpu_count() or 1))
     return spec
-
-
-
 
 
 def cmd_validate(args) -> int:
@@ -97,8 +101,9 @@ def cmd_export(args) -> int:
     from services.export import export_sweep
 
     uri = args.tracking_uri or paths.tracking_uri()
-    doc, files = export_sweep(spec.name, uri, Path(args.out_dir or paths.exports_dir()), args.parent_run_id,
-                              holdout=not args.no_test)
+    doc, files = export_sweep(
+        spec.name, uri, Path(args.out_dir or paths.exports_dir()), args.parent_run_id, holdout=not args.no_test
+    )
     for const in doc["constants"]:
         formula = const["formula"] or "no usable trial"
         answer = const.get("answer") or {}
@@ -107,8 +112,10 @@ def cmd_export(args) -> int:
         print(f"{'':<14}rule: {const['verdict']}")
         best = const.get("best") or {}
         if best.get("test_accuracy") is not None:
-            print(f"{'':<14}best configuration (B={best['batch_size']}): test/accuracy {best['test_accuracy']:.4f} "
-                  f"(val {best['val_accuracy']:.4f})")
+            print(
+                f"{'':<14}best configuration (B={best['batch_size']}): test/accuracy {best['test_accuracy']:.4f} "
+                f"(val {best['val_accuracy']:.4f})"
+            )
         for warning in const.get("edge_warnings", []):
             print(f"samplewise: warning: {warning}", file=sys.stderr)
     print("wrote " + ", ".join(str(f) for f in files) + f" (also on MLflow run {doc['parent_run_id']})")
@@ -124,9 +131,13 @@ def cmd_compare(args) -> int:
     parent = export.find_parent_run(client, spec.name, args.parent_run_id)
     records = export.load_records(client, parent)
     if parent.info.status == "RUNNING":
-        print(f"samplewise: warning: sweep {spec.name} is still running; this compares the trials done so far",
-              file=sys.stderr)
-    table, files = compare.report(client, spec.name, parent.info.run_id, records, Path(args.out_dir or paths.exports_dir()))
+        print(
+            f"samplewise: warning: sweep {spec.name} is still running; this compares the trials done so far",
+            file=sys.stderr,
+        )
+    table, files = compare.report(
+        client, spec.name, parent.info.run_id, records, Path(args.out_dir or paths.exports_dir())
+    )
     print(table)
     print("wrote " + ", ".join(str(f) for f in files) + f" (also on MLflow run {parent.info.run_id})")
     return EXIT_OK
@@ -143,10 +154,15 @@ def cmd_lr(args) -> int:
         print(f"{lr:.6g}")
     else:
         answer = const.get("answer") or {}
-        used = (f"; {answer['source']}, fitted over B in {answer['batch_range'][0]}..{answer['batch_range'][1]}"
-                if answer else "")
-        print(f"lr = {lr:.6g} for batch_size {args.batch_size} "
-              f"({const['optimizer']}, {const['reduction']}: {const['formula']}{used})")
+        used = (
+            f"; {answer['source']}, fitted over B in {answer['batch_range'][0]}..{answer['batch_range'][1]}"
+            if answer
+            else ""
+        )
+        print(
+            f"lr = {lr:.6g} for batch_size {args.batch_size} "
+            f"({const['optimizer']}, {const['reduction']}: {const['formula']}{used})"
+        )
         for extra in ("eps", "weight_decay"):
             if extra in const:
                 print(f"  with {const[extra]}")
@@ -170,7 +186,9 @@ def cmd_verify(args) -> int:
     from services.verify import format_rows, verify
 
     if args.batch_size < 2 or args.steps < 1:
-        raise SpecError(f"--batch-size/--steps: need batch size >= 2 and steps >= 1, got {args.batch_size}/{args.steps}")
+        raise SpecError(
+            f"--batch-size/--steps: need batch size >= 2 and steps >= 1, got {args.batch_size}/{args.steps}"
+        )
     rows = verify(batch_size=args.batch_size, steps=args.steps)
     print(format_rows(rows))
     return EXIT_OK if all(r.passed for r in rows) else EXIT_FAILED
@@ -181,17 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def with_store(p):
-        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+        p.add_argument(
+            "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+        )
         return p
 
-    p = sub.add_parser("validate", help="check a sweep spec and exit", description="Check a sweep spec; exit 2 if it is bad.")
+    p = sub.add_parser(
+        "validate", help="check a sweep spec and exit", description="Check a sweep spec; exit 2 if it is bad."
+    )
     p.add_argument("spec", help="path to a sweeps/*.yaml spec")
     p.set_defaults(func=cmd_validate)
 
     for name, help_text, description in (
         ("sweep", "run a sweep", "Run a sweep on Ray Tune, tracked in MLflow."),
-        ("resume", "continue a sweep whose driver died", "Continue the newest submission of a sweep with "
-                                                          "Tuner.restore: finished trials are kept, unfinished ones continue."),
+        (
+            "resume",
+            "continue a sweep whose driver died",
+            "Continue the newest submission of a sweep with "
+            "Tuner.restore: finished trials are kept, unfinished ones continue.",
+        ),
     ):
         p = with_store(sub.add_parser(name, help=help_text, description=description))
         p.add_argument("spec", help="path to a sweeps/*.yaml spec")
@@ -200,44 +226,67 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--foreground", action="store_true", help="run the driver here even while make up runs")
         p.set_defaults(func=cmd_drive)
 
-    p = with_store(sub.add_parser("export", help="export the tuned LR-per-sample constants",
-                                  description="Read a sweep back from MLflow and write exports/<sweep>.json and .yaml."))
+    p = with_store(
+        sub.add_parser(
+            "export",
+            help="export the tuned LR-per-sample constants",
+            description="Read a sweep back from MLflow and write exports/<sweep>.json and .yaml.",
+        )
+    )
     p.add_argument("spec", help="the sweep's spec (its name picks the MLflow experiment)")
     p.add_argument("--parent-run-id", help="export this submission instead of the newest")
     p.add_argument("--out-dir", help="directory for the export files (default: exports/)")
-    p.add_argument("--no-test", action="store_true",
-                   help="skip evaluating each group's best configuration once on the test split")
+    p.add_argument(
+        "--no-test", action="store_true", help="skip evaluating each group's best configuration once on the test split"
+    )
     p.set_defaults(func=cmd_export)
 
-    p = with_store(sub.add_parser("compare", help="compare schedules at equal sample budgets",
-                                  description="Per schedule at its tuned LR per sample: final val accuracy mean +- sd "
-                                              "over seeds, updates, wall time, and learning curves."))
+    p = with_store(
+        sub.add_parser(
+            "compare",
+            help="compare schedules at equal sample budgets",
+            description="Per schedule at its tuned LR per sample: final val accuracy mean +- sd "
+            "over seeds, updates, wall time, and learning curves.",
+        )
+    )
     p.add_argument("spec", help="the sweep's spec")
     p.add_argument("--parent-run-id", help="compare this submission instead of the newest")
     p.add_argument("--out-dir", help="directory for the report files (default: exports/)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("lr", help="the LR for a batch size, from an export",
-                       description="Print the learning rate to use at a batch size, from an exported constant.")
+    p = sub.add_parser(
+        "lr",
+        help="the LR for a batch size, from an export",
+        description="Print the learning rate to use at a batch size, from an exported constant.",
+    )
     p.add_argument("export", help="exports/<sweep>.json or .yaml")
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw"])
     p.add_argument("--reduction", choices=["mean", "sum"])
-    p.add_argument("--schedule", choices=["constant", "lr_decay", "batch_growth"],
-                   help="the schedule's constant (default: constant, when the sweep had one)")
+    p.add_argument(
+        "--schedule",
+        choices=["constant", "lr_decay", "batch_growth"],
+        help="the schedule's constant (default: constant, when the sweep had one)",
+    )
     p.add_argument("--value-only", action="store_true", help="print only the number")
     p.set_defaults(func=cmd_lr)
 
-    p = sub.add_parser("bench", help="measure speed and overhead against the goals",
-                       description="Training loop vs DataLoader, orchestration overhead, search efficiency, tracking "
-                                   "overhead, export over many runs, peak memory; writes BENCHMARKS.md.")
+    p = sub.add_parser(
+        "bench",
+        help="measure speed and overhead against the goals",
+        description="Training loop vs DataLoader, orchestration overhead, search efficiency, tracking "
+        "overhead, export over many runs, peak memory; writes BENCHMARKS.md.",
+    )
     p.add_argument("--quick", action="store_true", help="every measurement at toy size (a smoke run)")
     p.add_argument("--out", help="report path (default BENCHMARKS.md; quick: .samplewise/BENCHMARKS-quick.md)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("verify", help="check the reduction equivalences the rules rely on",
-                       description="Train paired models that the rules say are identical (and controls that must "
-                                   "differ) and print the max relative parameter difference; exit 1 on a failed row.")
+    p = sub.add_parser(
+        "verify",
+        help="check the reduction equivalences the rules rely on",
+        description="Train paired models that the rules say are identical (and controls that must "
+        "differ) and print the max relative parameter difference; exit 1 on a failed row.",
+    )
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--steps", type=int, default=10)
     p.set_defaults(func=cmd_verify)

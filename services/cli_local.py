@@ -26,9 +26,12 @@ def detach(args, spec) -> int | None:
     if not {"mlflow", "ray"} <= set(services):
         return None
     record = local.submit_detached(args.command, args.spec, spec.name, spec.num_trials, services)
-    print(f"{args.command} {spec.name}: detached driver pid {record['pid']} on Ray {services['ray']['address']}, "
-          f"MLflow {services['mlflow']['url']}; log {record['log']}\n"
-          f"(Ctrl-C stops following, not the sweep; follow again with: make logs SWEEP={args.spec})", flush=True)
+    print(
+        f"{args.command} {spec.name}: detached driver pid {record['pid']} on Ray {services['ray']['address']}, "
+        f"MLflow {services['mlflow']['url']}; log {record['log']}\n"
+        f"(Ctrl-C stops following, not the sweep; follow again with: make logs SWEEP={args.spec})",
+        flush=True,
+    )
     try:
         local.follow(Path(record["log"]), record["pid"])
     except KeyboardInterrupt:
@@ -42,10 +45,15 @@ def cmd_up(args) -> int:
     from services import local
 
     if args.host not in local.LOOPBACK:
-        print(f"samplewise: warning: binding {args.host}: anyone who can reach this machine can read and "
-              "change your runs and submit jobs to Ray", file=sys.stderr)
+        print(
+            f"samplewise: warning: binding {args.host}: anyone who can reach this machine can read and "
+            "change your runs and submit jobs to Ray",
+            file=sys.stderr,
+        )
     record = local.up(args.host, args.mlflow_port, args.ray_port, args.num_cpus)
-    print(f"MLflow server  {record['mlflow']['url']}  (pid {record['mlflow']['pid']}, store {record['mlflow']['store']})")
+    print(
+        f"MLflow server  {record['mlflow']['url']}  (pid {record['mlflow']['pid']}, store {record['mlflow']['store']})"
+    )
     print(f"Ray head       {record['ray']['address']}  (pid {record['ray']['pid']})")
     print("sweeps now run against these, detached; make status shows them, make down stops them")
     return EXIT_OK
@@ -78,8 +86,10 @@ def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
     except Exception as err:  # status must print whatever it can
         return f"trials unknown ({str(err).splitlines()[0][:80]})"
     states = [r.status for r in runs]
-    return (f"{states.count('FINISHED')} finished, {states.count('RUNNING')} running, "
-            f"{states.count('FAILED')} failed" + (f" of {total}" if total else ""))
+    return (
+        f"{states.count('FINISHED')} finished, {states.count('RUNNING')} running, "
+        f"{states.count('FAILED')} failed" + (f" of {total}" if total else "")
+    )
 
 
 def cmd_status(args) -> int:
@@ -93,8 +103,10 @@ def cmd_status(args) -> int:
             where = svc.get("url") or svc.get("address")
             print(f"{label:<14} running  {where}  (pid {svc['pid']})")
         elif name in record and local.leftovers(record[name]):
-            print(f"{label:<14} broken   (pid {record[name]['pid']} is gone but {len(local.leftovers(record[name]))} "
-                  "processes of its group still run; make down stops them)")
+            print(
+                f"{label:<14} broken   (pid {record[name]['pid']} is gone but {len(local.leftovers(record[name]))} "
+                "processes of its group still run; make down stops them)"
+            )
         elif name in record:
             print(f"{label:<14} stopped  (pid {record[name]['pid']} is gone; make down clears it)")
         else:
@@ -103,7 +115,8 @@ def cmd_status(args) -> int:
     print(f"sweeps in progress: {len(active) or 'none'}")
     for s in active:
         since = time.strftime("%H:%M:%S", time.localtime(s["started"]))
-        print(f"  {s['sweep']:<20} pid {s['pid']}  since {since}  {_trial_counts(s['tracking_uri'], s['sweep'], s.get('num_trials'))}  log {s['log']}")
+        counts = _trial_counts(s["tracking_uri"], s["sweep"], s.get("num_trials"))
+        print(f"  {s['sweep']:<20} pid {s['pid']}  since {since}  {counts}  log {s['log']}")
     if not services:
         print(f"sweeps run embedded: local Ray, MLflow {paths.tracking_uri()}")
     return EXIT_OK
@@ -133,8 +146,11 @@ def cmd_ui(args) -> int:
         print(f"MLflow UI: {uri} (the tracking server's own UI; open it in a browser)")
         return EXIT_OK
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"samplewise: warning: serving the MLflow UI on {args.host}: anyone who can reach it can "
-              "read and change every run", file=sys.stderr)
+        print(
+            f"samplewise: warning: serving the MLflow UI on {args.host}: anyone who can reach it can "
+            "read and change every run",
+            file=sys.stderr,
+        )
     from services.local import ui_command
 
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
@@ -164,16 +180,21 @@ def cmd_ui_check(args) -> int:
     finally:
         if server is not None:
             local.stop(server)
-    print(f"ui-check: {ui_url} shows parent run {parent.info.run_id} ({spec.name}) with {shown} of its "
-          f"{len(children)} child runs; screenshot {out}")
+    print(
+        f"ui-check: {ui_url} shows parent run {parent.info.run_id} ({spec.name}) with {shown} of its "
+        f"{len(children)} child runs; screenshot {out}"
+    )
     return EXIT_OK
 
 
 def add_commands(sub, with_store) -> None:
     """Register these commands on the ``samplewise`` subparsers."""
-    p = sub.add_parser("up", help="start a local MLflow server and Ray head in the background",
-                       description="Start an MLflow tracking server (SQLite store under .samplewise/server) and a "
-                                   "Ray head node, bound to 127.0.0.1 unless --host says otherwise.")
+    p = sub.add_parser(
+        "up",
+        help="start a local MLflow server and Ray head in the background",
+        description="Start an MLflow tracking server (SQLite store under .samplewise/server) and a "
+        "Ray head node, bound to 127.0.0.1 unless --host says otherwise.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--ray-port", type=int, default=6379)
@@ -183,25 +204,41 @@ def add_commands(sub, with_store) -> None:
     p = sub.add_parser("down", help="stop what up started", description="Stop exactly the processes up started.")
     p.set_defaults(func=cmd_down)
 
-    p = sub.add_parser("status", help="show local services and sweeps in progress",
-                       description="Show the services up started and the detached sweeps in progress.")
+    p = sub.add_parser(
+        "status",
+        help="show local services and sweeps in progress",
+        description="Show the services up started and the detached sweeps in progress.",
+    )
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("logs", help="follow a detached sweep's log", description="Print and follow the newest "
-                       "detached driver log of a sweep until it ends.")
+    p = sub.add_parser(
+        "logs",
+        help="follow a detached sweep's log",
+        description="Print and follow the newest detached driver log of a sweep until it ends.",
+    )
     p.add_argument("spec", help="the sweep's spec")
     p.add_argument("--no-follow", action="store_true", help="print the log and exit")
     p.set_defaults(func=cmd_logs)
 
-    p = with_store(sub.add_parser("ui", help="serve the MLflow UI on the local store",
-                                  description="Serve the MLflow UI for the local SQLite store."))
+    p = with_store(
+        sub.add_parser(
+            "ui",
+            help="serve the MLflow UI on the local store",
+            description="Serve the MLflow UI for the local SQLite store.",
+        )
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
 
-    p = with_store(sub.add_parser("ui-check", help="check the MLflow UI in headless Chromium",
-                                  description="Serve the MLflow UI, open the sweep's runs page in headless Chromium, "
-                                              "expand its parent run, find its child runs and save a screenshot."))
+    p = with_store(
+        sub.add_parser(
+            "ui-check",
+            help="check the MLflow UI in headless Chromium",
+            description="Serve the MLflow UI, open the sweep's runs page in headless Chromium, "
+            "expand its parent run, find its child runs and save a screenshot.",
+        )
+    )
     p.add_argument("spec", help="the sweep's spec")
     p.add_argument("--out", help="screenshot path (default .samplewise/ui-check.png)")
     p.set_defaults(func=cmd_ui_check)

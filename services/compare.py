@@ -48,7 +48,7 @@ def compare(records: Sequence[TrialRecord]) -> list[ScheduleResult]:
         if r.usable and not r.stopped_early:
             cells[(r.optimizer, r.reduction, r.schedule, r.lr_per_sample)].append(r)
     best: dict[tuple, tuple[float, list[TrialRecord]]] = {}
-    for (opt, red, sched, c), runs in cells.items():
+    for (opt, red, sched, _c), runs in cells.items():
         loss = statistics.fmean(r.val_loss for r in runs)
         if (opt, red, sched) not in best or loss < best[(opt, red, sched)][0]:
             best[(opt, red, sched)] = (loss, runs)
@@ -56,20 +56,35 @@ def compare(records: Sequence[TrialRecord]) -> list[ScheduleResult]:
     for (opt, red, sched), (loss, runs) in sorted(best.items()):
         accs = [r.val_accuracy or 0.0 for r in runs]
         walls = [r.wall_s for r in runs if r.wall_s is not None]
-        out.append(ScheduleResult(
-            opt, red, sched, runs[0].lr_per_sample, len(runs), statistics.fmean(accs), _sd(accs), loss,
-            statistics.fmean(r.updates for r in runs), statistics.fmean(walls) if walls else float("nan"),
-            _sd(walls), tuple(r.run_id for r in runs),
-        ))
+        out.append(
+            ScheduleResult(
+                opt,
+                red,
+                sched,
+                runs[0].lr_per_sample,
+                len(runs),
+                statistics.fmean(accs),
+                _sd(accs),
+                loss,
+                statistics.fmean(r.updates for r in runs),
+                statistics.fmean(walls) if walls else float("nan"),
+                _sd(walls),
+                tuple(r.run_id for r in runs),
+            )
+        )
     return out
 
 
 def format_compare(rows: Sequence[ScheduleResult]) -> str:
-    header = (f"{'optimizer':<9} {'reduction':<9} {'schedule':<13} {'c':>9} {'seeds':>5} {'val acc':>15} "
-              f"{'val loss':>9} {'updates':>9} {'vs lr_decay':>11} {'wall s':>12}")
+    header = (
+        f"{'optimizer':<9} {'reduction':<9} {'schedule':<13} {'c':>9} {'seeds':>5} {'val acc':>15} "
+        f"{'val loss':>9} {'updates':>9} {'vs lr_decay':>11} {'wall s':>12}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
-        ref = next((x for x in rows if (x.optimizer, x.reduction, x.schedule) == (r.optimizer, r.reduction, "lr_decay")), None)
+        ref = next(
+            (x for x in rows if (x.optimizer, x.reduction, x.schedule) == (r.optimizer, r.reduction, "lr_decay")), None
+        )
         ratio = f"{r.updates_mean / ref.updates_mean:.2f}x" if ref else "-"
         lines.append(
             f"{r.optimizer:<9} {r.reduction:<9} {r.schedule:<13} {r.lr_per_sample:>9.2e} {r.seeds:>5} "
@@ -87,8 +102,14 @@ def curves(client: "MlflowClient", rows: Sequence[ScheduleResult]) -> dict[str, 
             loss = {p.step: p.value for p in client.get_metric_history(run_id, m.VAL_LOSS)}
             updates = {p.step: p.value for p in client.get_metric_history(run_id, m.UPDATES)}
             points = sorted((s, updates.get(s), v) for s, v in loss.items())
-            out.setdefault(row.schedule, []).append({"run_id": run_id, "samples": [p[0] for p in points],
-                                                     "updates": [p[1] for p in points], "val_loss": [p[2] for p in points]})
+            out.setdefault(row.schedule, []).append(
+                {
+                    "run_id": run_id,
+                    "samples": [p[0] for p in points],
+                    "updates": [p[1] for p in points],
+                    "val_loss": [p[2] for p in points],
+                }
+            )
     return out
 
 
@@ -133,8 +154,9 @@ def report(client: "MlflowClient", sweep: str, parent_run_id: str, records: Sequ
     per_schedule = curves(client, rows)
     json_path = out_dir / f"{sweep}-compare.json"
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"sweep": sweep, "parent_run_id": parent_run_id,
-                                     "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    json_path.write_text(
+        json.dumps({"sweep": sweep, "parent_run_id": parent_run_id, "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
+    )
     png = plot(sweep, rows, per_schedule, out_dir / f"{sweep}-compare.png")
     for path in (json_path, png):
         client.log_artifact(parent_run_id, str(path), artifact_path="compare")

@@ -131,16 +131,28 @@ def load_records(client: "MlflowClient", parent: "Run") -> list[TrialRecord]:
 
 
 def _law_doc(law: LawFit) -> dict[str, Any]:
-    return {"name": law.name, "formula": law.formula, "params": law.params,
-            "intervals": {k: list(v) for k, v in law.intervals.items()}, "shift": law.shift,
-            "batch_sizes": list(law.batch_sizes), "chi2": law.chi2,
-            "aicc": law.aicc if math.isfinite(law.aicc) else None}
+    return {
+        "name": law.name,
+        "formula": law.formula,
+        "params": law.params,
+        "intervals": {k: list(v) for k, v in law.intervals.items()},
+        "shift": law.shift,
+        "batch_sizes": list(law.batch_sizes),
+        "chi2": law.chi2,
+        "aicc": law.aicc if math.isfinite(law.aicc) else None,
+    }
 
 
 def law_from_doc(doc: dict[str, Any]) -> LawFit:
     """The law of an export's ``answer`` (or ``laws`` entry), to evaluate at any batch size."""
-    return LawFit(doc["name"], dict(doc["params"]), {k: tuple(v) for k, v in doc.get("intervals", {}).items()},
-                  float(doc.get("shift", 0.0)), tuple(doc.get("batch_sizes", ())), float(doc.get("chi2", 0.0)))
+    return LawFit(
+        doc["name"],
+        dict(doc["params"]),
+        {k: tuple(v) for k, v in doc.get("intervals", {}).items()},
+        float(doc.get("shift", 0.0)),
+        tuple(doc.get("batch_sizes", ())),
+        float(doc.get("chi2", 0.0)),
+    )
 
 
 def _group_doc(g: GroupSummary, spec_params: dict[str, str], test: Optional[dict] = None) -> dict[str, Any]:
@@ -155,7 +167,8 @@ def _group_doc(g: GroupSummary, spec_params: dict[str, str], test: Optional[dict
         "lr_per_sample_interval": list(g.rule_c[1:]) if g.rule_c else None,
         "formula": answer.formula if answer else None,
         "answer": {**_law_doc(answer.law), "source": answer.source, "batch_range": list(answer.batch_range)}
-        if answer else None,
+        if answer
+        else None,
         "batch_sizes_swept": [b.batch_size for b in g.per_batch],
         "per_batch_size": [asdict(b) for b in g.per_batch],
         "trials": g.counts,
@@ -167,13 +180,21 @@ def _group_doc(g: GroupSummary, spec_params: dict[str, str], test: Optional[dict
     wd = float(spec_params.get("space.weight_decay.value", "0"))
     if wd:
         coupled = spec_params.get("space.weight_decay.mode") == "coupled" and g.optimizer != "adamw"
-        doc["weight_decay"] = f"weight_decay = {wd:g} * batch_size" if tied_sum and coupled else f"weight_decay = {wd:g}"
+        doc["weight_decay"] = (
+            f"weight_decay = {wd:g} * batch_size" if tied_sum and coupled else f"weight_decay = {wd:g}"
+        )
     if g.best:
         b = g.best
         doc["best"] = {
-            "batch_size": b.batch_size, "lr": b.lr, "lr_per_sample": b.lr_per_sample,
-            "val_loss_per_sample": b.val_loss, "val_accuracy": b.val_accuracy, "samples_seen": b.samples_seen,
-            "run_id": b.run_id, "b_simple": b.b_simple, **(test or {}),
+            "batch_size": b.batch_size,
+            "lr": b.lr,
+            "lr_per_sample": b.lr_per_sample,
+            "val_loss_per_sample": b.val_loss,
+            "val_accuracy": b.val_accuracy,
+            "samples_seen": b.samples_seen,
+            "run_id": b.run_id,
+            "b_simple": b.b_simple,
+            **(test or {}),
         }
     doc.update(_evidence_doc(g))
     return doc
@@ -182,25 +203,42 @@ def _group_doc(g: GroupSummary, spec_params: dict[str, str], test: Optional[dict
 def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
     """Does the rule hold, which law fits, lr*(B) with intervals, B_noise against B_simple."""
     b_simple = g.b_simple
-    warnings = [f"batch size {o.batch_size}: the best LR tried is at the edge of the range searched; widen it"
-                for o in g.optima if o.on_edge]
+    warnings = [
+        f"batch size {o.batch_size}: the best LR tried is at the edge of the range searched; widen it"
+        for o in g.optima
+        if o.on_edge
+    ]
     if edge_warning(g):
         warnings.insert(0, edge_warning(g))
     doc: dict[str, Any] = {
         "verdict": g.verdict,
-        "rule": {"k": g.k, "verdict": g.verdict, "holds_for": list(g.holds_for) if g.holds_for else None,
-                 "checked_over": list(g.law.batch_sizes) if g.law else [], "above_checked_range": g.above_range,
-                 "c": g.rule_c[0] if g.rule_c else None, "c_interval": list(g.rule_c[1:]) if g.rule_c else None,
-                 "fitted_k": g.law.k if g.law else None,
-                 "fitted_k_interval": [g.law.k_lo, g.law.k_hi] if g.law else None, "confidence": CI},
+        "rule": {
+            "k": g.k,
+            "verdict": g.verdict,
+            "holds_for": list(g.holds_for) if g.holds_for else None,
+            "checked_over": list(g.law.batch_sizes) if g.law else [],
+            "above_checked_range": g.above_range,
+            "c": g.rule_c[0] if g.rule_c else None,
+            "c_interval": list(g.rule_c[1:]) if g.rule_c else None,
+            "fitted_k": g.law.k if g.law else None,
+            "fitted_k_interval": [g.law.k_lo, g.law.k_hi] if g.law else None,
+            "confidence": CI,
+        },
         "laws": [_law_doc(law) for law in g.laws],
         "chosen_law": g.chosen.name if g.chosen else None,
         "law_criterion": f"the power law unless another law's AICc is lower by more than {AIC_MARGIN:g}",
         "lr_star": [
             {
-                "batch_size": o.batch_size, "lr": o.lr, "interval": [o.lo, o.hi], "best_tried_lr": o.best_tried_lr,
-                "val_loss_per_sample": o.best_loss, "lrs_tried": o.n_points, "seeds": o.seeds, "method": o.method,
-                "on_edge": o.on_edge, "above_b_simple": bool(b_simple and o.batch_size > b_simple),
+                "batch_size": o.batch_size,
+                "lr": o.lr,
+                "interval": [o.lo, o.hi],
+                "best_tried_lr": o.best_tried_lr,
+                "val_loss_per_sample": o.best_loss,
+                "lrs_tried": o.n_points,
+                "seeds": o.seeds,
+                "method": o.method,
+                "on_edge": o.on_edge,
+                "above_b_simple": bool(b_simple and o.batch_size > b_simple),
             }
             for o in g.optima
         ],
@@ -210,10 +248,14 @@ def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
     }
     law = g.b_noise_law
     if law is not None:
-        doc["noise"] = {"law": law.name, "law_chosen": law is g.chosen, "b_noise": law.params["b_noise"],
-                        "b_noise_interval": list(law.intervals["b_noise"]),
-                        "b_simple_measured": list(g.b_simple_range) if g.b_simple_range else None,
-                        "agree": g.b_noise_agrees}
+        doc["noise"] = {
+            "law": law.name,
+            "law_chosen": law is g.chosen,
+            "b_noise": law.params["b_noise"],
+            "b_noise_interval": list(law.intervals["b_noise"]),
+            "b_simple_measured": list(g.b_simple_range) if g.b_simple_range else None,
+            "agree": g.b_noise_agrees,
+        }
     return doc
 
 
@@ -236,9 +278,15 @@ def sweep_spec(client: "MlflowClient", parent: "Run"):
         return None
 
 
-def build_export(client: "MlflowClient", sweep: str, parent_run_id: Optional[str] = None,
-                 records: Optional[list[TrialRecord]] = None, groups: Optional[list[GroupSummary]] = None,
-                 parent: Optional["Run"] = None, tests: Optional[dict[str, dict]] = None) -> dict[str, Any]:
+def build_export(
+    client: "MlflowClient",
+    sweep: str,
+    parent_run_id: Optional[str] = None,
+    records: Optional[list[TrialRecord]] = None,
+    groups: Optional[list[GroupSummary]] = None,
+    parent: Optional["Run"] = None,
+    tests: Optional[dict[str, dict]] = None,
+) -> dict[str, Any]:
     parent = parent or find_parent_run(client, sweep, parent_run_id)
     records = load_records(client, parent) if records is None else records
     if not records:
@@ -281,12 +329,20 @@ def best_histories(client: "MlflowClient", groups: list[GroupSummary], records: 
             run_id = run_of.get((g.optimizer, g.reduction, g.schedule, b.batch_size, b.lr, b.val_loss))
             if run_id:
                 history = client.get_metric_history(run_id, m.VAL_LOSS)
-                curves[(g.optimizer, g.reduction, g.schedule, b.batch_size)] = sorted((p.step, p.value) for p in history)
+                curves[(g.optimizer, g.reduction, g.schedule, b.batch_size)] = sorted(
+                    (p.step, p.value) for p in history
+                )
     return curves
 
 
-def export_sweep(sweep: str, tracking_uri: str, out_dir: Path, parent_run_id: Optional[str] = None,
-                 plots: bool = True, holdout: bool = True):
+def export_sweep(
+    sweep: str,
+    tracking_uri: str,
+    out_dir: Path,
+    parent_run_id: Optional[str] = None,
+    plots: bool = True,
+    holdout: bool = True,
+):
     """Export a sweep: the constants (JSON, YAML) and the four plots, on disk and on the parent run.
 
     ``holdout``: evaluate each group's best configuration once on the test split
@@ -332,19 +388,27 @@ def read_export(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def pick_constant(doc: dict[str, Any], optimizer: Optional[str], reduction: Optional[str],
-                  schedule: Optional[str] = None) -> dict[str, Any]:
+def pick_constant(
+    doc: dict[str, Any], optimizer: Optional[str], reduction: Optional[str], schedule: Optional[str] = None
+) -> dict[str, Any]:
     usable = [c for c in doc["constants"] if c.get("lr_per_sample") is not None]
     if schedule is None and any(c.get("schedule", "constant") != "constant" for c in usable):
         schedule = "constant" if any(c.get("schedule", "constant") == "constant" for c in usable) else None
     matches = [
-        c for c in usable
-        if (optimizer is None or c["optimizer"] == optimizer) and (reduction is None or c["reduction"] == reduction)
+        c
+        for c in usable
+        if (optimizer is None or c["optimizer"] == optimizer)
+        and (reduction is None or c["reduction"] == reduction)
         and (schedule is None or c.get("schedule", "constant") == schedule)
     ]
-    choices = ", ".join(
-        f"{c['optimizer']}/{c['reduction']}" + (f"/{c['schedule']}" if c.get("schedule", "constant") != "constant" else "")
-        for c in usable) or "none"
+    choices = (
+        ", ".join(
+            f"{c['optimizer']}/{c['reduction']}"
+            + (f"/{c['schedule']}" if c.get("schedule", "constant") != "constant" else "")
+            for c in usable
+        )
+        or "none"
+    )
     if not matches:
         raise ExportError(
             f"--optimizer/--reduction: no constant for {optimizer or '*'}/{reduction or '*'}; export has {choices}"
@@ -354,8 +418,13 @@ def pick_constant(doc: dict[str, Any], optimizer: Optional[str], reduction: Opti
     return matches[0]
 
 
-def lr_lookup(doc: dict[str, Any], batch_size: int, optimizer: Optional[str] = None,
-              reduction: Optional[str] = None, schedule: Optional[str] = None) -> tuple[float, dict[str, Any], list[str]]:
+def lr_lookup(
+    doc: dict[str, Any],
+    batch_size: int,
+    optimizer: Optional[str] = None,
+    reduction: Optional[str] = None,
+    schedule: Optional[str] = None,
+) -> tuple[float, dict[str, Any], list[str]]:
     """(lr, the constant used, warnings) for ``batch_size`` (the starting LR of a schedule).
 
     The LR comes from the constant's ``answer``: the best-supported law over the batch sizes it
@@ -370,8 +439,10 @@ def lr_lookup(doc: dict[str, Any], batch_size: int, optimizer: Optional[str] = N
         lr = law_from_doc(answer).lr(batch_size)
         lo, hi = answer["batch_range"]
         if not lo <= batch_size <= hi:
-            warnings.append(f"batch size {batch_size} lies outside {lo}..{hi}, where the {answer['source']} "
-                            f"formula was fitted; this extrapolates it")
+            warnings.append(
+                f"batch size {batch_size} lies outside {lo}..{hi}, where the {answer['source']} "
+                f"formula was fitted; this extrapolates it"
+            )
         verdict = str(const.get("verdict", ""))
         if answer["source"] == "rule" and verdict.startswith("inconclusive"):
             warnings.append(f"the rule is not confirmed ({verdict})")
@@ -381,8 +452,10 @@ def lr_lookup(doc: dict[str, Any], batch_size: int, optimizer: Optional[str] = N
         lr = lr_for(const["lr_per_sample"], const["k"], batch_size)
         swept = const.get("batch_sizes_swept") or []
         if swept and not (min(swept) <= batch_size <= max(swept)):
-            warnings.append(f"batch size {batch_size} lies outside the swept range {min(swept)}..{max(swept)}; "
-                            "the rule was not checked there")
+            warnings.append(
+                f"batch size {batch_size} lies outside the swept range {min(swept)}..{max(swept)}; "
+                "the rule was not checked there"
+            )
     if not math.isfinite(lr):
         raise ExportError(f"{const['optimizer']}/{const['reduction']}: constant is not a finite number")
     return lr, const, warnings

@@ -136,8 +136,12 @@ def optimal_lr(
     reps = np.empty(n_boot)
     for r in range(n_boot):
         if len(groups) > 1:  # a cluster bootstrap: seeds drawn with replacement, then points within
-            idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in
-                                  (groups[i] for i in rng.integers(0, len(groups), len(groups)))])
+            idx = np.concatenate(
+                [
+                    g[rng.integers(0, len(g), len(g))]
+                    for g in (groups[i] for i in rng.integers(0, len(groups), len(groups)))
+                ]
+            )
         else:
             idx = rng.integers(0, len(xs), len(xs))
         reps[r] = estimate(xs[idx], ys[idx])
@@ -232,14 +236,19 @@ def fit_power_law(optima: Sequence[Optimum], n_boot: int = N_BOOT, seed: int = 0
     c_lo, c_hi = np.quantile(cs, [q, 1 - q])
     k, logc = float(k), float(logc)
     return PowerLaw(
-        k=k, k_lo=float(min(k_lo, k)), k_hi=float(max(k_hi, k)),
-        c=math.exp(logc), c_lo=math.exp(min(c_lo, logc)), c_hi=math.exp(max(c_hi, logc)),
+        k=k,
+        k_lo=float(min(k_lo, k)),
+        k_hi=float(max(k_hi, k)),
+        c=math.exp(logc),
+        c_lo=math.exp(min(c_lo, logc)),
+        c_hi=math.exp(max(c_hi, logc)),
         batch_sizes=tuple(o.batch_size for o in optima),
     )
 
 
-def rule_constant(optima: Sequence[Optimum], rule_k: float, n_boot: int = N_BOOT,
-                  seed: int = 0) -> Optional[tuple[float, float, float]]:
+def rule_constant(
+    optima: Sequence[Optimum], rule_k: float, n_boot: int = N_BOOT, seed: int = 0
+) -> Optional[tuple[float, float, float]]:
     """c of lr = c * B**rule_k fitted to ``optima``, with its interval: (c, lo, hi)."""
     optima = by_batch(optima)
     if not optima:
@@ -262,7 +271,9 @@ def _flattened(o: Optimum, law: PowerLaw) -> bool:
     return o.hi < predicted and o.lr * OFF_FIT_FACTOR < predicted
 
 
-def valid_range(optima: Sequence[Optimum], n_boot: int = N_BOOT, seed: int = 0) -> tuple[Optional[PowerLaw], list[Optimum]]:
+def valid_range(
+    optima: Sequence[Optimum], n_boot: int = N_BOOT, seed: int = 0
+) -> tuple[Optional[PowerLaw], list[Optimum]]:
     """Fit on the batch sizes where one power law holds, growing from the smallest batch size.
 
     Starting from the three smallest, each next batch size joins while its lr* agrees with
@@ -298,8 +309,10 @@ def verdict(law: Optional[PowerLaw], rule_k: float) -> str:
     apart: inconclusive, with what would settle it.
     """
     if law is None or len(law.batch_sizes) < 3:
-        return ("inconclusive: fewer than three batch sizes with an interior optimum; "
-                "sweep more batch sizes, or widen the LR range where the best LR sits on its edge")
+        return (
+            "inconclusive: fewer than three batch sizes with an interior optimum; "
+            "sweep more batch sizes, or widen the LR range where the best LR sits on its edge"
+        )
     span = f"k = {law.k:.2f} [{law.k_lo:.2f}, {law.k_hi:.2f}]"
     inside = _rules_inside(law.k_lo, law.k_hi, rule_k)
     others = [k for k in inside if abs(k - rule_k) > K_TOL]

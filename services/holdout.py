@@ -51,8 +51,12 @@ def rerun_and_test(spec: "SweepSpec", record: "TrialRecord") -> Optional[TestRes
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))  # the trial's own: same sums
     final: dict = {}
     try:
-        last = run_trial(workload, hp, budget_of(spec, workload.n_train),
-                         lambda metrics, state: final.update(model={k: v.clone() for k, v in state["model"].items()}))
+        last = run_trial(
+            workload,
+            hp,
+            budget_of(spec, workload.n_train),
+            lambda metrics, state: final.update(model={k: v.clone() for k, v in state["model"].items()}),
+        )
         torch.manual_seed(hp.seed)
         model = workload.model_fn()
         model.load_state_dict(final["model"])
@@ -77,8 +81,17 @@ def test_best(client: "MlflowClient", spec: "SweepSpec", best: "TrialRecord") ->
     metrics = [Metric(m.TEST_LOSS, result.loss, now, best.samples_seen)]
     if result.accuracy is not None:
         metrics.append(Metric(m.TEST_ACCURACY, result.accuracy, now, best.samples_seen))
-    tags = [RunTag(m.TAG_TEST_RERUN, f"val loss {result.rerun_val_loss:.6g} "
-                   f"({'reproduced' if result.reproduced else 'NOT reproduced'}: logged {best.val_loss:.6g})")]
+    tags = [
+        RunTag(
+            m.TAG_TEST_RERUN,
+            f"val loss {result.rerun_val_loss:.6g} "
+            f"({'reproduced' if result.reproduced else 'NOT reproduced'}: logged {best.val_loss:.6g})",
+        )
+    ]
     client.log_batch(best.run_id, metrics=metrics, tags=tags)
-    return {"test_loss_per_sample": result.loss, "test_accuracy": result.accuracy,
-            "rerun_val_loss": result.rerun_val_loss, "rerun_reproduced": result.reproduced}
+    return {
+        "test_loss_per_sample": result.loss,
+        "test_accuracy": result.accuracy,
+        "rerun_val_loss": result.rerun_val_loss,
+        "rerun_reproduced": result.reproduced,
+    }

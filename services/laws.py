@@ -83,8 +83,10 @@ class LawFit:
         tail = f" / batch_size**{-self.shift:g}" if self.shift else ""
         if self.name == "saturating":
             return f"lr = {p['lr_max']:.6g} / (1 + {p['b_noise']:.6g} / batch_size){tail}"
-        return (f"lr = {p['lr_max']:.6g} / (0.5 * (sqrt({p['b_noise']:.6g} / batch_size)"
-                f" + sqrt(batch_size / {p['b_noise']:.6g}))){tail}")
+        return (
+            f"lr = {p['lr_max']:.6g} / (0.5 * (sqrt({p['b_noise']:.6g} / batch_size)"
+            f" + sqrt(batch_size / {p['b_noise']:.6g}))){tail}"
+        )
 
 
 def _fit_shape(shape, logb: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.ndarray):
@@ -99,8 +101,9 @@ def _fit_shape(shape, logb: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.n
     return grid[g], take(amp), take(chi2), g
 
 
-def fit_laws(optima: Sequence[Optimum], shift: float = 0.0, adaptive: bool = False,
-             n_boot: int = N_BOOT, seed: int = 0) -> list[LawFit]:
+def fit_laws(
+    optima: Sequence[Optimum], shift: float = 0.0, adaptive: bool = False, n_boot: int = N_BOOT, seed: int = 0
+) -> list[LawFit]:
     """The power law, the saturating law and (for Adam-like ``adaptive`` optimizers) the surge
     law, fitted to ``optima`` with bootstrap intervals. ``shift``: see :class:`LawFit`.
 
@@ -121,8 +124,16 @@ def fit_laws(optima: Sequence[Optimum], shift: float = 0.0, adaptive: bool = Fal
     power = fit_power_law(optima, n_boot, seed)
     k, logc = weighted_line(logb, y, w)
     chi2 = float((((y - logc - k * logb) ** 2) * w).sum())
-    laws = [LawFit("power", {"c": power.c, "k": power.k}, {"c": (power.c_lo, power.c_hi), "k": (power.k_lo, power.k_hi)},
-                   0.0, sizes, chi2)]
+    laws = [
+        LawFit(
+            "power",
+            {"c": power.c, "k": power.k},
+            {"c": (power.c_lo, power.c_hi), "k": (power.k_lo, power.k_hi)},
+            0.0,
+            sizes,
+            chi2,
+        )
+    ]
     if n < 2 * MIN_POINTS_PER_PARAM:
         return laws
     # B_noise from a thousandth of the smallest to a thousand times the largest batch size:
@@ -135,13 +146,22 @@ def fit_laws(optima: Sequence[Optimum], shift: float = 0.0, adaptive: bool = Fal
         bn_lo, bn_hi = np.quantile(r_bn, [q, 1 - q])
         amp_lo, amp_hi = np.quantile(r_amp, [q, 1 - q])
         at_low, at_high = np.mean(r_g == 0) > q or g == 0, np.mean(r_g == len(grid) - 1) > q or g == len(grid) - 1
-        laws.append(LawFit(
-            name,
-            {"lr_max": math.exp(amp), "b_noise": math.exp(log_bn)},
-            {"lr_max": (math.exp(min(amp_lo, amp)), math.exp(max(amp_hi, amp))),
-             "b_noise": (None if at_low else math.exp(min(bn_lo, log_bn)), None if at_high else math.exp(max(bn_hi, log_bn)))},
-            -shift, sizes, float(chi2),
-        ))
+        laws.append(
+            LawFit(
+                name,
+                {"lr_max": math.exp(amp), "b_noise": math.exp(log_bn)},
+                {
+                    "lr_max": (math.exp(min(amp_lo, amp)), math.exp(max(amp_hi, amp))),
+                    "b_noise": (
+                        None if at_low else math.exp(min(bn_lo, log_bn)),
+                        None if at_high else math.exp(max(bn_hi, log_bn)),
+                    ),
+                },
+                -shift,
+                sizes,
+                float(chi2),
+            )
+        )
     return laws
 
 

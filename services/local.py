@@ -106,8 +106,9 @@ def _spawn(cmd: list[str], log: Path, env: Optional[dict] = None) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(fd, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)  # own group: down stops all of it
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )  # own group: down stops all of it
     return {"pid": proc.pid, "start": start_time(proc.pid)}
 
 
@@ -156,8 +157,13 @@ def bin_path(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
-       num_cpus: Optional[int] = None, timeout_s: float = 90) -> dict:
+def up(
+    host: str = "127.0.0.1",
+    mlflow_port: int = 5000,
+    ray_port: int = 6379,
+    num_cpus: Optional[int] = None,
+    timeout_s: float = 90,
+) -> dict:
     """Start the MLflow server and the Ray head (whichever is not already running)."""
     state = paths.state_dir()
     current = running()
@@ -170,17 +176,35 @@ def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
         server = state / "server"
         (server / "artifacts").mkdir(parents=True, exist_ok=True)
         log = state / "logs" / "mlflow-server.log"
-        cmd = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", f"sqlite:///{server / 'mlflow.db'}",
-               "--artifacts-destination", str(server / "artifacts"),
-               "--host", host, "--port", str(mlflow_port), "--workers", "2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{server / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(server / "artifacts"),
+            "--host",
+            host,
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "2",
+        ]
         if host not in LOOPBACK:
             cmd += ["--allowed-hosts", "*", "--cors-allowed-origins", "*"]
         proc = _spawn(cmd, log)
         pid = proc["pid"]
         url = f"http://{connect_host}:{mlflow_port}"
-        record["mlflow"] = {**proc, "url": url, "host": host, "port": mlflow_port, "log": str(log),
-                            "store": str(server / "mlflow.db")}
+        record["mlflow"] = {
+            **proc,
+            "url": url,
+            "host": host,
+            "port": mlflow_port,
+            "log": str(log),
+            "store": str(server / "mlflow.db"),
+        }
         _save(record)
         _wait(lambda: _http_ok(f"{url}/health"), "the MLflow server", pid, log, timeout_s)
     if "ray" not in current:
@@ -188,8 +212,16 @@ def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
         if not _port_free(host, ray_port):
             raise ServiceError(f"port {host}:{ray_port} is taken; choose another with RAY_PORT=...")
         log = state / "logs" / "ray-head.log"
-        cmd = [bin_path("ray"), "start", "--head", "--block", f"--node-ip-address={connect_host}",
-               f"--port={ray_port}", "--include-dashboard=false", "--disable-usage-stats"]
+        cmd = [
+            bin_path("ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--node-ip-address={connect_host}",
+            f"--port={ray_port}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ]
         if num_cpus:
             cmd.append(f"--num-cpus={num_cpus}")
         # Ray 2.60 turns 127.0.0.1 into the machine's address and its servers listen on every
@@ -197,8 +229,13 @@ def up(host: str = "127.0.0.1", mlflow_port: int = 5000, ray_port: int = 6379,
         private_ray_token()
         proc = _spawn(cmd, log, env={**os.environ, "RAY_AUTH_MODE": "token"})
         pid = proc["pid"]
-        record["ray"] = {**proc, "address": f"{connect_host}:{ray_port}", "host": host, "port": ray_port,
-                         "log": str(log)}
+        record["ray"] = {
+            **proc,
+            "address": f"{connect_host}:{ray_port}",
+            "host": host,
+            "port": ray_port,
+            "log": str(log),
+        }
         _save(record)
         _wait(lambda: _tcp_open(connect_host, ray_port), "the Ray head", pid, log, timeout_s)
     return record
@@ -255,8 +292,11 @@ def _group_alive(pgid: int) -> list[int]:
 def _stop_group(pid: int) -> None:
     """SIGTERM the leader (``ray start --block`` then stops its own children in order), then
     whatever is left of its group (MLflow's job consumers), then SIGKILL."""
-    steps = ((lambda: os.kill(pid, signal.SIGTERM), 15), (lambda: os.killpg(pid, signal.SIGTERM), 5),
-             (lambda: os.killpg(pid, signal.SIGKILL), 5))
+    steps = (
+        (lambda: os.kill(pid, signal.SIGTERM), 15),
+        (lambda: os.killpg(pid, signal.SIGTERM), 5),
+        (lambda: os.killpg(pid, signal.SIGKILL), 5),
+    )
     for i, (send, wait_s) in enumerate(steps):
         try:
             send()
@@ -283,8 +323,9 @@ def down(driver_grace_s: float = 60.0) -> list[str]:
     """Stop the detached sweep drivers (as Ctrl-C would: their sweeps stay resumable), then what
     ``up`` recorded, each by its whole process group, identified by pid and start time: a
     process that merely reuses a recorded pid is left alone. Returns what was stopped."""
-    stopped = [f"sweep {s['sweep']} (pid {s['pid']})" for s in sweeps(active_only=True)
-               if stop_driver(s, driver_grace_s)]
+    stopped = [
+        f"sweep {s['sweep']} (pid {s['pid']})" for s in sweeps(active_only=True) if stop_driver(s, driver_grace_s)
+    ]
     for name, svc in read_record().items():
         if not isinstance(svc, dict):
             continue
@@ -324,6 +365,7 @@ def stop_driver(record: dict, grace_s: float) -> bool:
 
 # ---- detached sweep drivers -------------------------------------------------------------
 
+
 def _sweeps_dir() -> Path:
     return paths.state_dir() / "sweeps"
 
@@ -332,11 +374,23 @@ def submit_detached(command: str, spec_path: str, sweep: str, num_trials: int, s
     """Start ``samplewise <command> <spec> --foreground`` in its own session, against the services."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log = paths.state_dir() / "logs" / f"{sweep}-{stamp}.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": services["mlflow"]["url"], "RAY_ADDRESS": services["ray"]["address"],
-           "RAY_AUTH_MODE": "token"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": services["mlflow"]["url"],
+        "RAY_ADDRESS": services["ray"]["address"],
+        "RAY_AUTH_MODE": "token",
+    }
     proc = _spawn([sys.executable, "-m", "services.cli", command, spec_path, "--foreground"], log, env)
-    record = {**proc, "sweep": sweep, "num_trials": num_trials, "command": command, "spec": spec_path, "log": str(log),
-              "started": time.time(), "tracking_uri": env["MLFLOW_TRACKING_URI"]}
+    record = {
+        **proc,
+        "sweep": sweep,
+        "num_trials": num_trials,
+        "command": command,
+        "spec": spec_path,
+        "log": str(log),
+        "started": time.time(),
+        "tracking_uri": env["MLFLOW_TRACKING_URI"],
+    }
     write_private(_sweeps_dir() / f"{sweep}-{stamp}.json", json.dumps(record, indent=2))
     return record
 

@@ -45,8 +45,21 @@ NODE_ID = "node_id"
 OBJECTIVE = VAL_LOSS
 MODE = "min"
 
-REPORTED = (TRAIN_LOSS, VAL_LOSS, VAL_ACCURACY, INITIAL_VAL_LOSS, SAMPLES_SEEN, UPDATES, LR, BATCH_SIZE, NOISE_G, DIVERGED,
-            SAMPLES_PER_S, MAX_RSS_MB, B_SIMPLE)
+REPORTED = (
+    TRAIN_LOSS,
+    VAL_LOSS,
+    VAL_ACCURACY,
+    INITIAL_VAL_LOSS,
+    SAMPLES_SEEN,
+    UPDATES,
+    LR,
+    BATCH_SIZE,
+    NOISE_G,
+    DIVERGED,
+    SAMPLES_PER_S,
+    MAX_RSS_MB,
+    B_SIMPLE,
+)
 """Every metric a trial reports; the tracker logs these and nothing Tune adds."""
 
 PARAMS = (

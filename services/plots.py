@@ -18,8 +18,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from services.analysis import GroupSummary, TrialRecord, candidates  # noqa: E402
 
@@ -42,6 +42,7 @@ def _log_y(ax) -> None:
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
     if hi / lo < 30:
+
         def label(value, _pos):  # 1, 2, 3 and 5 times a power of ten: enough, never crowded
             lead = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
             return f"{value:.2g}" if lead in (1, 2, 3, 5) else ""
@@ -87,8 +88,11 @@ def _u_curves(groups, by_group, x_of, xlabel, title):
         _log_axes(ax)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(LOSS_LABEL)
-        ax.set_title(_group_title(g) + ("\nhollow: stopped early by ASHA" if any(
-            t.stopped_early for t in members if t.usable) else ""), fontsize=10)
+        ax.set_title(
+            _group_title(g)
+            + ("\nhollow: stopped early by ASHA" if any(t.stopped_early for t in members if t.usable) else ""),
+            fontsize=10,
+        )
         ax.grid(True, which="both", alpha=0.25)
         if colors:
             ax.legend(fontsize=8, title="batch size", title_fontsize=8)
@@ -108,11 +112,20 @@ def _lr_star(groups, title):
         lr = np.array([o.lr for o in g.optima])
         err = np.array([[o.lr - o.lo for o in g.optima], [o.hi - o.lr for o in g.optima]])
         inside = np.array([o.batch_size not in above for o in g.optima])
-        ax.errorbar(bs[inside], lr[inside], yerr=err[:, inside], fmt="o", color="C0", capsize=3,
-                    label="lr*(B), 90% interval")
+        ax.errorbar(
+            bs[inside], lr[inside], yerr=err[:, inside], fmt="o", color="C0", capsize=3, label="lr*(B), 90% interval"
+        )
         if (~inside).any():
-            ax.errorbar(bs[~inside], lr[~inside], yerr=err[:, ~inside], fmt="o", mfc="white", color="C0",
-                        capsize=3, label="above the checked range")
+            ax.errorbar(
+                bs[~inside],
+                lr[~inside],
+                yerr=err[:, ~inside],
+                fmt="o",
+                mfc="white",
+                color="C0",
+                capsize=3,
+                label="above the checked range",
+            )
         grid = np.geomspace(bs.min() / 1.3, bs.max() * 1.3, 80)
         styles = {"power": "C1", "saturating": "C4", "surge": "C5"}
         for law in g.laws:
@@ -121,11 +134,19 @@ def _lr_star(groups, title):
                 text = f"power: k = {law.params['k']:.2f} [{law.intervals['k'][0]:.2f}, {law.intervals['k'][1]:.2f}]"
             else:
                 lo, hi = law.intervals["b_noise"]
-                text = (f"{law.name}: B_noise = {law.params['b_noise']:.3g} "
-                        f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]")
+                text = (
+                    f"{law.name}: B_noise = {law.params['b_noise']:.3g} "
+                    f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]"
+                )
             aicc = f", AICc {law.aicc:.1f}" if np.isfinite(law.aicc) else ""
-            ax.plot(grid, [law.lr(b) for b in grid], "-" if chosen else "--", color=styles[law.name],
-                    lw=2.2 if chosen else 1.2, label=text + aicc + (" (chosen)" if chosen else ""))
+            ax.plot(
+                grid,
+                [law.lr(b) for b in grid],
+                "-" if chosen else "--",
+                color=styles[law.name],
+                lw=2.2 if chosen else 1.2,
+                label=text + aicc + (" (chosen)" if chosen else ""),
+            )
         if g.rule_c is not None:
             ax.plot(grid, g.rule_c[0] * grid**g.k, ":", color="C2", lw=1.6, label=f"rule: k = {g.k:g}, c fitted")
         else:
@@ -155,8 +176,9 @@ def _learning_curves(groups, histories, title):
             curve = histories.get((g.optimizer, g.reduction, g.schedule, b.batch_size))
             if curve:
                 steps, values = zip(*curve)
-                ax.plot(steps, values, "-", color=colors[b.batch_size], lw=1.4,
-                        label=f"B={b.batch_size}, lr={b.lr:.2g}")
+                ax.plot(
+                    steps, values, "-", color=colors[b.batch_size], lw=1.4, label=f"B={b.batch_size}, lr={b.lr:.2g}"
+                )
         _log_y(ax)
         ax.set_xlabel("training samples seen")
         ax.set_ylabel(LOSS_LABEL)
@@ -181,10 +203,20 @@ def write_plots(
         by_group.setdefault((r.optimizer, r.reduction, r.schedule), []).append(r)
     groups = [g for g in groups if by_group.get((g.optimizer, g.reduction, g.schedule))]
     figures = {
-        "u_curves": _u_curves(groups, by_group, lambda t: t.lr, "learning rate (optimizer lr)",
-                              f"{sweep}: validation loss vs learning rate"),
-        "collapse": _u_curves(groups, by_group, lambda t: t.lr_per_sample, "LR per sample c = lr / B**k",
-                              f"{sweep}: validation loss vs LR per sample (curves collapse when the rule holds)"),
+        "u_curves": _u_curves(
+            groups,
+            by_group,
+            lambda t: t.lr,
+            "learning rate (optimizer lr)",
+            f"{sweep}: validation loss vs learning rate",
+        ),
+        "collapse": _u_curves(
+            groups,
+            by_group,
+            lambda t: t.lr_per_sample,
+            "LR per sample c = lr / B**k",
+            f"{sweep}: validation loss vs LR per sample (curves collapse when the rule holds)",
+        ),
         "lr_star": _lr_star(groups, f"{sweep}: optimal learning rate vs batch size"),
         "learning_curves": _learning_curves(groups, histories, f"{sweep}: learning curves"),
     }

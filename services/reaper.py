@@ -72,9 +72,13 @@ class Reaper:
     """The driver's handle: ``stop()`` after a clean ``ray.shutdown()``."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "services.reaper", str(os.getpid())],
-                                      stdin=subprocess.PIPE, text=True, start_new_session=True,
-                                      env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "services.reaper", str(os.getpid())],
+            stdin=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
 
     def stop(self) -> None:
         try:

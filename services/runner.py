@@ -146,8 +146,10 @@ def _memory_kills_fail_trials() -> None:
     def handle_memory_kill(self, tracked_actor_task, exception):
         if isinstance(exception, OutOfMemoryError):
             usage = re.search(r"was ([\d.]+GB used / [\d.]+GB limit)", str(exception))
-            exception = KilledForMemory(error_msg="killed by Ray's memory monitor (node memory "
-                                        f"{usage.group(1) if usage else 'nearly full'}); give the trial less to hold")
+            exception = KilledForMemory(
+                error_msg="killed by Ray's memory monitor (node memory "
+                f"{usage.group(1) if usage else 'nearly full'}); give the trial less to hold"
+            )
         return handle(self, tracked_actor_task, exception)
 
     handle_memory_kill.samplewise = True
@@ -207,8 +209,10 @@ def check_complete(results, spec: SweepSpec, spec_path: str) -> None:
     and ``fit()`` returns as if the sweep were done."""
     ended = results.num_terminated + results.num_errors
     if ended < spec.num_trials:
-        raise SweepInterrupted(f"sweep {spec.name} interrupted with {ended} of {spec.num_trials} trials done; "
-                               f"continue it with: make resume SWEEP={spec_path or '<spec>'}")
+        raise SweepInterrupted(
+            f"sweep {spec.name} interrupted with {ended} of {spec.num_trials} trials done; "
+            f"continue it with: make resume SWEEP={spec_path or '<spec>'}"
+        )
 
 
 @contextlib.contextmanager
@@ -249,7 +253,10 @@ def run_sweep(
     tracker = None
     if track:  # opens the store on its own thread while Ray and the trial actors start
         tracker = tracking.MlflowTracker(
-            uri, spec, budget_samples, spec_path=spec_path,
+            uri,
+            spec,
+            budget_samples,
+            spec_path=spec_path,
             artifact_location=paths.artifact_location(uri, spec.name),
             parent_tags={m.TAG_BUDGET_SAMPLES: str(budget_samples), m.TAG_RAY_RUN: f"{storage}/{run_name}"},
         )
@@ -292,8 +299,13 @@ def run_sweep(
     finally:
         if started:
             shutdown_ray()
-    return SweepOutcome(tracker.parent_run_id if tracker else "", tracker.experiment_id if tracker else "",
-                        uri, f"{storage}/{run_name}", results.num_errors)
+    return SweepOutcome(
+        tracker.parent_run_id if tracker else "",
+        tracker.experiment_id if tracker else "",
+        uri,
+        f"{storage}/{run_name}",
+        results.num_errors,
+    )
 
 
 def resume_sweep(
@@ -322,7 +334,9 @@ def resume_sweep(
         raise ResumeError(str(err).replace("run the sweep first", "nothing to resume")) from None
     path = parent.data.tags.get(m.TAG_RAY_RUN)
     if parent.info.status == "FINISHED":
-        raise ResumeError(f"sweep {spec.name!r}: its newest submission ({parent.info.run_id}) finished; nothing to resume")
+        raise ResumeError(
+            f"sweep {spec.name!r}: its newest submission ({parent.info.run_id}) finished; nothing to resume"
+        )
     if not path or not tune.Tuner.can_restore(path):
         raise ResumeError(f"sweep {spec.name!r}: no Ray Tune state to restore at {path}")
     started = init_ray(ray_address if ray_address is not None else paths.ray_address())
@@ -333,8 +347,9 @@ def resume_sweep(
         client.update_run(parent.info.run_id, status="RUNNING")
         _snapshot_period(spec)
         with _submission(lambda status: client.set_terminated(parent.info.run_id, status=status)):
-            tuner = tune.Tuner.restore(path, trainable=make_trainable(spec, replay), resume_unfinished=True,
-                                       resume_errored=True)
+            tuner = tune.Tuner.restore(
+                path, trainable=make_trainable(spec, replay), resume_unfinished=True, resume_errored=True
+            )
             results = tuner.fit()
             check_complete(results, spec, spec_path)
         return SweepOutcome(parent.info.run_id, parent.info.experiment_id, uri, path, results.num_errors)

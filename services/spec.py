@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from search_spaces.scaling import DEFAULT_RULE
-from services.errors import SpecError
 from search_spaces.tied import grid_lrs, grid_size
+from services.errors import SpecError
 
 Optimizer = Literal["sgd", "momentum", "adam", "adamw"]
 Reduction = Literal["mean", "sum"]
@@ -129,8 +129,10 @@ class SpaceSpec(_Frozen):
         if isinstance(self.lr_per_sample, dict):
             missing = [o for o in self.optimizers if o not in self.lr_per_sample]
             if missing:
-                raise ValueError(f"lr_per_sample: no range for optimizer {missing[0]} (ranges given for "
-                                 f"{sorted(self.lr_per_sample)})")
+                raise ValueError(
+                    f"lr_per_sample: no range for optimizer {missing[0]} (ranges given for "
+                    f"{sorted(self.lr_per_sample)})"
+                )
         return self
 
     def rule_for(self, optimizer: str) -> str:
@@ -230,7 +232,6 @@ class FailureSpec(_Frozen):
     """How often Tune saves the experiment state that ``make resume`` restores: trials that
     finished since the last snapshot are run again after a crash."""
 
-
     trial_timeout_s: Optional[float] = Field(default=None, gt=0, le=1e7, allow_inf_nan=False)
     """Longest one attempt of a trial may run; past it the trial is FAILED with "timed out after
     N s" and not retried (its worker process ends if the training does not stop). None: no limit."""
@@ -258,21 +259,25 @@ class SweepSpec(_Frozen):
 
     @model_validator(mode="after")
     def _trials(self) -> "SweepSpec":
-        cells = (len(self.space.batch_sizes) * len(self.space.reductions) * len(self.space.optimizers)
-                 * len(self.space.schedules) * len(self.space.seeds or [0]))
+        cells = (
+            len(self.space.batch_sizes)
+            * len(self.space.reductions)
+            * len(self.space.optimizers)
+            * len(self.space.schedules)
+            * len(self.space.seeds or [0])
+        )
         points = max(self.space.lr_range(o).grid_points for o in self.space.optimizers)
         if self.searcher.kind == "grid" and cells * points > MAX_TRIALS:
             raise ValueError(f"space: a grid of {cells * points} points; at most {MAX_TRIALS} trials")
         if self.searcher.kind == "grid":
             counts = {o: len(grid_lrs(self.space, o)) for o in self.space.optimizers}
             if len(set(counts.values())) > 1:
-                raise ValueError(f"space.lr_per_sample: a grid search needs the same grid_points for every "
-                                 f"optimizer, got {counts}")
+                raise ValueError(
+                    f"space.lr_per_sample: a grid search needs the same grid_points for every optimizer, got {counts}"
+                )
             size = grid_size(self.space)
             if self.searcher.num_trials is not None and self.searcher.num_trials > size:
-                raise ValueError(
-                    f"searcher.num_trials: {self.searcher.num_trials} exceeds the grid's {size} points"
-                )
+                raise ValueError(f"searcher.num_trials: {self.searcher.num_trials} exceeds the grid's {size} points")
         elif self.searcher.num_trials is None:
             raise ValueError(f"searcher.num_trials: required for the {self.searcher.kind} searcher")
         return self
@@ -313,8 +318,10 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
 def check_cpus(spec: SweepSpec, cluster_cpus: float) -> None:
     """A trial that asks for more CPUs than the Ray cluster has would wait forever: refuse it."""
     if spec.resources.cpus_per_trial > cluster_cpus:
-        raise SpecError(f"resources.cpus_per_trial: {spec.resources.cpus_per_trial:g} is more than the "
-                        f"{cluster_cpus:g} CPUs of the Ray cluster; no trial could start")
+        raise SpecError(
+            f"resources.cpus_per_trial: {spec.resources.cpus_per_trial:g} is more than the "
+            f"{cluster_cpus:g} CPUs of the Ray cluster; no trial could start"
+        )
 
 
 MAX_SPEC_BYTES = 1_000_000
@@ -332,8 +339,7 @@ class _SpecLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {short(key)}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {short(key)}", key_node.start_mark)
             seen[key] = True
         return super().construct_mapping(node, deep=deep)
 
@@ -346,8 +352,13 @@ def _expanded_size(root) -> int:
         node, children_done = stack.pop()
         if id(node) in sizes:
             continue
-        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
-                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else list(node.value)
+            if isinstance(node, yaml.SequenceNode)
+            else []
+        )
         if children_done:
             sizes[id(node)] = min(1 + sum(sizes.get(id(c), 0) for c in children), 10 * MAX_YAML_NODES)
         else:
@@ -383,8 +394,10 @@ def load_spec(path: str | Path) -> SweepSpec:
         try:
             node = loader.get_single_node()
             if node is not None and _expanded_size(node) > MAX_YAML_NODES:
-                raise SpecError(f"{path}: more than {MAX_YAML_NODES} values once YAML aliases are expanded "
-                                "(an alias bomb?); write the values out")
+                raise SpecError(
+                    f"{path}: more than {MAX_YAML_NODES} values once YAML aliases are expanded "
+                    "(an alias bomb?); write the values out"
+                )
             data = None if node is None else loader.construct_document(node)
         finally:
             loader.dispose()

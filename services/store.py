@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 PARENT_TAG = "mlflow.parentRunId"
 
-SUPERSEDED_WHY = ("trained by a driver that died before Ray Tune recorded the trial; the resumed sweep "
-                  "did not ask for this configuration again")
+SUPERSEDED_WHY = (
+    "trained by a driver that died before Ray Tune recorded the trial; the resumed sweep "
+    "did not ask for this configuration again"
+)
 
 KEY_PARAMS = tuple(k for k in m.PARAMS if k != "workload")
 
@@ -85,7 +87,8 @@ def prepare_sqlite(uri: str, create: bool) -> None:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise TrackingError(
                 f"MLflow tracking store {uri} cannot be created or migrated ({first[:150]}); move it aside "
-                f"(mv {db} {db}.broken) and run again, or repair it with: mlflow db upgrade {uri}") from None
+                f"(mv {db} {db}.broken) and run again, or repair it with: mlflow db upgrade {uri}"
+            ) from None
         finally:
             engine.dispose()
             for logger, level in zip(quiet, levels):
@@ -130,8 +133,12 @@ def child_runs(client: "MlflowClient", experiment_id: str, parent_run_id: str) -
     """Every child run of ``parent_run_id``, all pages."""
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                                  max_results=1000, page_token=token)
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
         runs.extend(page)
         token = page.token
         if not token:

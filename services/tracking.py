@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from services.spec import SweepSpec
 
+
 def error_summary(trial) -> str:
     """The last line of a failed trial's traceback (e.g. ``ValueError: bad shape``)."""
     text = ""
@@ -136,8 +137,16 @@ class MlflowTracker(tune.Callback):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
-    _PICKLED = ("tracking_uri", "budget_samples", "experiment_id", "parent_run_id", "spec", "sweep", "workload",
-                "_parent_tags")
+    _PICKLED = (
+        "tracking_uri",
+        "budget_samples",
+        "experiment_id",
+        "parent_run_id",
+        "spec",
+        "sweep",
+        "workload",
+        "_parent_tags",
+    )
 
     def __getstate__(self):
         # Tune pickles its callbacks inside ``Tuner()``, often before the store has opened: the
@@ -169,8 +178,13 @@ class MlflowTracker(tune.Callback):
         by the Ray run it belongs to (a tag unique to the submission)."""
         ray_run = self._parent_tags.get(m.TAG_RAY_RUN)
         experiment = self.client.get_experiment_by_name(self.sweep)
-        runs = [] if experiment is None or not ray_run else self.client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`{m.TAG_RAY_RUN}` = '{ray_run}'", max_results=1)
+        runs = (
+            []
+            if experiment is None or not ray_run
+            else self.client.search_runs(
+                [experiment.experiment_id], filter_string=f"tags.`{m.TAG_RAY_RUN}` = '{ray_run}'", max_results=1
+            )
+        )
         if not runs:  # nothing to write to: stop the writes and, at Tune's next step, the sweep
             self.error = TrackingError(f"sweep {self.sweep!r}: no MLflow parent run for Ray run {ray_run}")
             raise self.error
@@ -233,7 +247,12 @@ class MlflowTracker(tune.Callback):
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={PARENT_TAG: self.parent_run_id, m.TAG_SWEEP: self.sweep, m.TAG_ROLE: "trial", m.TAG_TRIAL_ID: trial_id},
+            tags={
+                PARENT_TAG: self.parent_run_id,
+                m.TAG_SWEEP: self.sweep,
+                m.TAG_ROLE: "trial",
+                m.TAG_TRIAL_ID: trial_id,
+            },
         )
         self._stage(run.info.run_id).params.extend(Param(key, str(config[key])) for key in m.PARAMS if key in config)
         self._runs[trial_id] = run.info.run_id
@@ -365,6 +384,8 @@ class MlflowTracker(tune.Callback):
         self._submit(lambda: self.client.set_terminated(self.parent_run_id, status=status))
         self._writer.flush()
         if self._writer.lost:
-            raise TrackingError(f"{self._writer.lost} writes to MLflow {self.tracking_uri} were lost (it did not "
-                                f"answer for {self._writer.RETRY_S:g} s); Ray Tune's results of every trial are "
-                                f"under {self._parent_tags.get(m.TAG_RAY_RUN, 'the Ray run directory')}")
+            raise TrackingError(
+                f"{self._writer.lost} writes to MLflow {self.tracking_uri} were lost (it did not "
+                f"answer for {self._writer.RETRY_S:g} s); Ray Tune's results of every trial are "
+                f"under {self._parent_tags.get(m.TAG_RAY_RUN, 'the Ray run directory')}"
+            )

@@ -125,8 +125,9 @@ def train_step(
 
 
 @torch.inference_mode()
-def evaluate_split(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, loss_fn,
-                   classification: bool, chunk: int = 8192) -> tuple[float, Optional[float]]:
+def evaluate_split(
+    model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, loss_fn, classification: bool, chunk: int = 8192
+) -> tuple[float, Optional[float]]:
     """(per-sample loss, accuracy or None for regression) of ``model`` on one split."""
     model.eval()
     total = torch.zeros((), device=x_all.device)
@@ -214,8 +215,9 @@ def run_trial(
         if noise is not None and resume.get("noise"):
             noise.load_state_dict(resume["noise"])
     # a model whose loss is NaN/inf before any update diverges at its first report, finitely
-    threshold = (budget.divergence_factor * max(initial_loss, 1e-12) if math.isfinite(initial_loss)
-                 else NONFINITE_OBJECTIVE)
+    threshold = (
+        budget.divergence_factor * max(initial_loss, 1e-12) if math.isfinite(initial_loss) else NONFINITE_OBJECTIVE
+    )
     next_report = (samples // budget.interval_samples + 1) * budget.interval_samples
 
     # a constant schedule without warmup never changes: ask it once, not on every step
@@ -268,9 +270,15 @@ def run_trial(
         if b_simple is not None:
             last[m.B_SIMPLE] = b_simple
         state = {
-            "samples": samples, "updates": updates, "val_history": list(history),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "order": order.get_state(), "perm": perm.cpu(), "pos": pos, "initial_loss": initial_loss,
+            "samples": samples,
+            "updates": updates,
+            "val_history": list(history),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "order": order.get_state(),
+            "perm": perm.cpu(),
+            "pos": pos,
+            "initial_loss": initial_loss,
             "noise": noise.state_dict() if noise else None,
         }
         report(last, state)
@@ -284,8 +292,13 @@ def run_trial(
 def schedule_of(spec) -> Schedule:
     """The spec's schedule settings (the kind comes from each trial's config)."""
     sched = spec.schedule
-    return Schedule(factor=sched.factor, milestones=tuple(sched.milestones), patience=sched.patience,
-                    warmup_samples=sched.warmup_samples, batch_cap=sched.batch_cap)
+    return Schedule(
+        factor=sched.factor,
+        milestones=tuple(sched.milestones),
+        patience=sched.patience,
+        warmup_samples=sched.warmup_samples,
+        batch_cap=sched.batch_cap,
+    )
 
 
 def budget_of(spec, n_train: int) -> Budget:
@@ -327,6 +340,7 @@ def _train(config: dict, spec) -> None:
     from ray import tune
 
     from services import workloads
+
     threads = max(1, int(spec.resources.cpus_per_trial))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

@@ -13,8 +13,14 @@ from typing import Sequence
 from services.errors import ServiceError
 
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--window-size=1600,1000",
 )
 # the expand/collapse button MLflow's runs table puts beside a parent run's name
@@ -28,8 +34,14 @@ def browser_paths() -> tuple[str, str] | None:
     return (chromium, driver) if chromium and driver else None
 
 
-def check_runs_page(ui_url: str, experiment_id: str, parent_run_id: str, child_run_ids: Sequence[str],
-                    screenshot: Path, timeout_s: float = 90) -> int:
+def check_runs_page(
+    ui_url: str,
+    experiment_id: str,
+    parent_run_id: str,
+    child_run_ids: Sequence[str],
+    screenshot: Path,
+    timeout_s: float = 90,
+) -> int:
     """Open the experiment's runs page, expand the parent run, count its child runs shown.
 
     Returns how many of ``child_run_ids`` are visible; raises ServiceError if the parent or

@@ -81,29 +81,37 @@ def pairs(batch_size: int) -> list[tuple[str, bool, TrialHParams, TrialHParams]]
         ("AdamW  sum vs mean (decoupled decay, eps*B)", True, adamw_sum, adamw_mean),
         # controls: what the rules forbid must differ, or the check could not fail
         ("control: SGD  sum(B*eta) vs mean(B*eta)", False, same(sgd_sum, lr=sgd_mean.lr), sgd_mean),
-        (f"control: Adam  sum(eps={LARGE_EPS:g}) vs mean(eps={LARGE_EPS:g})", False,
-         adam_sum, same(adam_mean, eps=adam_sum.eps)),
-        ("control: SGD coupled L2  sum(lambda) vs mean(lambda)", False,
-         same(l2_sum, weight_decay=l2_mean.weight_decay), l2_mean),
+        (
+            f"control: Adam  sum(eps={LARGE_EPS:g}) vs mean(eps={LARGE_EPS:g})",
+            False,
+            adam_sum,
+            same(adam_mean, eps=adam_sum.eps),
+        ),
+        (
+            "control: SGD coupled L2  sum(lambda) vs mean(lambda)",
+            False,
+            same(l2_sum, weight_decay=l2_mean.weight_decay),
+            l2_mean,
+        ),
     ]
 
 
 def verify(batch_size: int = 24, steps: int = 10, workload: Optional[Workload] = None) -> list[Row]:
     workload = workload or digits_mlp(hidden=32)
     return [
-        Row(name, expect, max_relative_difference(workload, a, b, steps))
-        for name, expect, a, b in pairs(batch_size)
+        Row(name, expect, max_relative_difference(workload, a, b, steps)) for name, expect, a, b in pairs(batch_size)
     ]
 
 
 def format_rows(rows: list[Row]) -> str:
     width = max(len(r.name) for r in rows)
-    lines = [f"{'check':<{width}}  {'expected':<10} {'max rel diff':>12}  {'tolerance':>9}  result",
-             "-" * (width + 48)]
+    lines = [f"{'check':<{width}}  {'expected':<10} {'max rel diff':>12}  {'tolerance':>9}  result", "-" * (width + 48)]
     for r in rows:
         expected = "equal" if r.expect_equal else "different"
-        lines.append(f"{r.name:<{width}}  {expected:<10} {r.max_rel_diff:>12.2e}  {r.tolerance:>9.0e}  "
-                     f"{'pass' if r.passed else 'FAIL'}")
+        lines.append(
+            f"{r.name:<{width}}  {expected:<10} {r.max_rel_diff:>12.2e}  {r.tolerance:>9.0e}  "
+            f"{'pass' if r.passed else 'FAIL'}"
+        )
     failed = sum(not r.passed for r in rows)
     lines.append(f"verify: {len(rows) - failed} passed, {failed} failed")
     return "\n".join(lines)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pydantic
-
 import torch
 from torch import nn
 
@@ -84,8 +83,9 @@ def _split(x, y, val_fraction: float, seed: int):
     return x[train], y[train], x[val], y[val]
 
 
-def digits_mlp(hidden: int = 64, depth: int = 1, val_fraction: float = 0.2, test_fraction: float = 0.2,
-               data_seed: int = 0) -> Workload:
+def digits_mlp(
+    hidden: int = 64, depth: int = 1, val_fraction: float = 0.2, test_fraction: float = 0.2, data_seed: int = 0
+) -> Workload:
     """MLP on scikit-learn's 8x8 digits (1,797 images, ships with the package): 60% train,
     20% validation, 20% test."""
     from sklearn.datasets import load_digits
@@ -95,8 +95,9 @@ def digits_mlp(hidden: int = 64, depth: int = 1, val_fraction: float = 0.2, test
     y = torch.tensor(data.target, dtype=torch.long)
     x_rest, y_rest, x_te, y_te = _split(x, y, test_fraction, data_seed)
     x_tr, y_tr, x_va, y_va = _split(x_rest, y_rest, val_fraction / (1 - test_fraction), data_seed + 1)
-    return Workload(lambda: _mlp(64, hidden, depth, 10), x_tr, y_tr, x_va, y_va, per_sample_cross_entropy,
-                    x_test=x_te, y_test=y_te)
+    return Workload(
+        lambda: _mlp(64, hidden, depth, 10), x_tr, y_tr, x_va, y_va, per_sample_cross_entropy, x_test=x_te, y_test=y_te
+    )
 
 
 def _cache_dir() -> Path:
@@ -139,11 +140,15 @@ def _mnist1d_splits(num_samples: int, data_seed: int, val_fraction: float) -> di
     return dict(x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va, x_test=d["x_test"], y_test=d["y_test"])
 
 
-def mnist1d_mlp(hidden: int = 100, depth: int = 2, num_samples: int = 5000, data_seed: int = 42,
-                val_fraction: float = 0.2) -> Workload:
+def mnist1d_mlp(
+    hidden: int = 100, depth: int = 2, num_samples: int = 5000, data_seed: int = 42, val_fraction: float = 0.2
+) -> Workload:
     """MLP on MNIST-1D (published test accuracy ~68%); validates on a split of the training data."""
-    return Workload(lambda: _mlp(40, hidden, depth, 10), loss_fn=per_sample_cross_entropy,
-                    **_mnist1d_splits(num_samples, data_seed, val_fraction))
+    return Workload(
+        lambda: _mlp(40, hidden, depth, 10),
+        loss_fn=per_sample_cross_entropy,
+        **_mnist1d_splits(num_samples, data_seed, val_fraction),
+    )
 
 
 class _Conv1dNet(nn.Module):
@@ -152,9 +157,12 @@ class _Conv1dNet(nn.Module):
     def __init__(self, channels: int = 25, length: int = 40, n_out: int = 10):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv1d(1, channels, 5, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(1, channels, 5, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         with torch.no_grad():
@@ -165,11 +173,15 @@ class _Conv1dNet(nn.Module):
         return self.head(self.net(x.unsqueeze(1)))
 
 
-def mnist1d_cnn(channels: int = 25, num_samples: int = 5000, data_seed: int = 42,
-                val_fraction: float = 0.2) -> Workload:
+def mnist1d_cnn(
+    channels: int = 25, num_samples: int = 5000, data_seed: int = 42, val_fraction: float = 0.2
+) -> Workload:
     """1-D CNN on MNIST-1D (published test accuracy ~94%); validates on a split of the training data."""
-    return Workload(lambda: _Conv1dNet(channels), loss_fn=per_sample_cross_entropy,
-                    **_mnist1d_splits(num_samples, data_seed, val_fraction))
+    return Workload(
+        lambda: _Conv1dNet(channels),
+        loss_fn=per_sample_cross_entropy,
+        **_mnist1d_splits(num_samples, data_seed, val_fraction),
+    )
 
 
 BUILTIN: dict[str, Callable[..., Workload]] = {
@@ -196,8 +208,10 @@ def _workload_function(name: str) -> Callable[..., Workload]:
     except Exception:  # noqa: BLE001 - an annotation that does not resolve is not `-> Workload`
         returns = None
     if not (isinstance(returns, type) and issubclass(returns, Workload)):
-        raise SpecError(f"workload.name: {cut(name)} is not a workload function: give a Python function "
-                        "annotated `-> Workload` (from services.workloads)")
+        raise SpecError(
+            f"workload.name: {cut(name)} is not a workload function: give a Python function "
+            "annotated `-> Workload` (from services.workloads)"
+        )
     return fn
 
 
@@ -223,8 +237,10 @@ def _check_params(fn: Callable[..., Workload], params: dict) -> None:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         msg = "unexpected parameter" if first["type"] == "extra_forbidden" else first["msg"]
-        raise SpecError(f"workload.params.{cut(where)}: {cut(msg, 100)} (got {short(first.get('input'))}; "
-                        f"{fn.__name__} takes {cut(', '.join(fields) or 'no parameters', 100)})") from None
+        raise SpecError(
+            f"workload.params.{cut(where)}: {cut(msg, 100)} (got {short(first.get('input'))}; "
+            f"{fn.__name__} takes {cut(', '.join(fields) or 'no parameters', 100)})"
+        ) from None
     except pydantic.errors.PydanticUserError:  # annotations pydantic cannot check: names only
         try:
             signature.bind(**params)
@@ -282,8 +298,10 @@ def check(workload: Workload, source: str = "workload") -> None:
         raise SpecError(f"{source}: the model and loss fail on 2 training samples: {cut(summary, 150)}") from None
     shape = tuple(getattr(out, "shape", ()))
     if len(shape) != 1 or shape[0] != len(x):
-        raise SpecError(f"{source}.loss_fn: must return one loss per sample (reduction='none'), "
-                        f"shape ({len(x)},) for 2 samples; got shape {shape}")
+        raise SpecError(
+            f"{source}.loss_fn: must return one loss per sample (reduction='none'), "
+            f"shape ({len(x)},) for 2 samples; got shape {shape}"
+        )
 
 
 def load(spec: WorkloadSpec, device: torch.device | str = "cpu") -> Workload:

@@ -8,8 +8,15 @@ import sys
 import threading
 import time
 
-PERMANENT = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
-             "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED")
+PERMANENT = (
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "BAD_REQUEST",
+    "INVALID_STATE",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+)
 """MLflow error codes that trying again cannot fix; anything else (a refused connection, a
 timeout, a 5xx, a locked SQLite file) is retried."""
 
@@ -81,8 +88,10 @@ class Writer:
                     return
                 self.failures += 1
                 if self.failures == 1:
-                    log(f"warning: {self.describe} does not answer ({summary}); holding writes and retrying "
-                        f"for up to {self.RETRY_S:g} s, the sweep goes on")
+                    log(
+                        f"warning: {self.describe} does not answer ({summary}); holding writes and retrying "
+                        f"for up to {self.RETRY_S:g} s, the sweep goes on"
+                    )
                 if time.monotonic() + wait > deadline:
                     self.gave_up = True
                     self.lost += 1

@@ -29,8 +29,9 @@ def mean_loss(hidden: int = 8) -> Workload:
     from torch.nn import functional as F
 
     base = digits_mlp(hidden=hidden)
-    return Workload(base.model_fn, base.x_train, base.y_train, base.x_val, base.y_val,
-                    lambda out, y: F.cross_entropy(out, y))
+    return Workload(
+        base.model_fn, base.x_train, base.y_train, base.x_val, base.y_val, lambda out, y: F.cross_entropy(out, y)
+    )
 
 
 def hangs(hidden: int = 8, after_calls: int = 20, in_c: bool = True) -> Workload:

@@ -30,17 +30,40 @@ def records(reduction="mean", seeds=(0,), cliff_at_chance=False):
                 diverged = lr_mean > 2e-3 * b * 30
                 if cliff_at_chance and lr_mean > 2e-3 * b * 8:  # dead network: at chance, not diverged
                     loss, diverged = 2.30, False
-                out.append(TrialRecord(
-                    run_id=f"{reduction}-{seed}-{b}-{c:.3g}", trial_id=f"t{len(out)}", status="FINISHED",
-                    optimizer="sgd", reduction=reduction, rule="linear", k=hp.k, batch_size=b, lr=hp.lr,
-                    lr_per_sample=float(c), val_loss=float(loss), samples_seen=1000, diverged=diverged,
-                    seed=seed, initial_loss=2.31, b_simple=500.0))
+                out.append(
+                    TrialRecord(
+                        run_id=f"{reduction}-{seed}-{b}-{c:.3g}",
+                        trial_id=f"t{len(out)}",
+                        status="FINISHED",
+                        optimizer="sgd",
+                        reduction=reduction,
+                        rule="linear",
+                        k=hp.k,
+                        batch_size=b,
+                        lr=hp.lr,
+                        lr_per_sample=float(c),
+                        val_loss=float(loss),
+                        samples_seen=1000,
+                        diverged=diverged,
+                        seed=seed,
+                        initial_loss=2.31,
+                        b_simple=500.0,
+                    )
+                )
     return out
 
 
 def figures(groups):
-    return [(g.verdict, g.law.k_lo if g.law else None, g.law.k_hi if g.law else None,
-             g.answer.formula if g.answer else None, [(o.lr, o.lo, o.hi) for o in g.optima]) for g in groups]
+    return [
+        (
+            g.verdict,
+            g.law.k_lo if g.law else None,
+            g.law.k_hi if g.law else None,
+            g.answer.formula if g.answer else None,
+            [(o.lr, o.lo, o.hi) for o in g.optima],
+        )
+        for g in groups
+    ]
 
 
 def test_row_order_changes_nothing():
@@ -51,8 +74,8 @@ def test_row_order_changes_nothing():
 
 
 def test_mean_and_sum_give_the_same_science():
-    mean, = summarize(records("mean"))
-    total, = summarize(records("sum"))
+    (mean,) = summarize(records("mean"))
+    (total,) = summarize(records("sum"))
     assert mean.verdict.startswith("holds") and total.verdict.startswith("holds")
     assert total.law.k == pytest.approx(mean.law.k - 1, abs=1e-9)
     assert (total.law.k_lo, total.law.k_hi) == pytest.approx((mean.law.k_lo - 1, mean.law.k_hi - 1), abs=1e-9)
@@ -61,8 +84,8 @@ def test_mean_and_sum_give_the_same_science():
 
 
 def test_trials_at_chance_close_the_u_curve_without_dragging_it():
-    clean, = summarize(records())
-    cliff, = summarize(records(cliff_at_chance=True))
+    (clean,) = summarize(records())
+    (cliff,) = summarize(records(cliff_at_chance=True))
     assert cliff.counts["did_not_learn"] > 0 and clean.counts["did_not_learn"] == 0
     for a, b in zip(clean.optima, cliff.optima):
         assert not b.on_edge
@@ -71,8 +94,8 @@ def test_trials_at_chance_close_the_u_curve_without_dragging_it():
 
 
 def test_seeds_widen_nothing_they_should_not_and_count():
-    one, = summarize(records(seeds=(0,)))
-    three, = summarize(records(seeds=(0, 1, 2)))
+    (one,) = summarize(records(seeds=(0,)))
+    (three,) = summarize(records(seeds=(0, 1, 2)))
     assert all(o.seeds == 3 for o in three.optima) and all(o.seeds == 1 for o in one.optima)
     assert three.verdict.startswith("holds")
 
@@ -80,9 +103,9 @@ def test_seeds_widen_nothing_they_should_not_and_count():
 def test_the_table_warns_when_the_best_c_sits_at_a_range_edge():
     top = float(GRID[5])  # 1.8e-3, just below the optimum at 2e-3: the range stops too soon
     rows = [r for r in records() if r.lr_per_sample <= top * 1.0001]
-    g, = summarize(rows, {"sgd": (1e-4, top)})
+    (g,) = summarize(rows, {"sgd": (1e-4, top)})
     assert g.range_edge == "high"
     table = format_table([g])
     assert "at the high edge" in table and "widen lr_per_sample for sgd upwards" in table
-    g, = summarize(records(), {"sgd": (1e-4, 1e-1)})
+    (g,) = summarize(records(), {"sgd": (1e-4, 1e-1)})
     assert g.range_edge is None and "warning" not in format_table([g])

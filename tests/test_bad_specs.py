@@ -23,8 +23,11 @@ def _run(tmp_path, text, command="validate"):
     start = time.monotonic()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            status = cli.main([command, str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
-                              if command == "sweep" else [command, str(path)])
+            status = cli.main(
+                [command, str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+                if command == "sweep"
+                else [command, str(path)]
+            )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -38,40 +41,63 @@ def _spec(**overrides):
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
     f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
-    for i in range(8))
+    for i in range(8)
+)
 
 CASES = {
     # name: (spec text, words the one line must contain)
     "alias bomb": (BOMB, ["aliases"]),
     "alias bomb inside workload.params": (
-        VALID.replace("params:\n    hidden: 16", "params:\n    hidden: 16\n    junk: " +
-                      "&x0 [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
-                          f"    junk{i}: &x{i} [*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},"
-                          f"*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1}]\n" for i in range(1, 9))),
-        ["aliases"]),
-    "grid_points 1e8": (_spec(searcher={"kind": "grid"},
-                              space={**spec_dict()["space"], "lr_per_sample": {"low": 1e-4, "high": 1e-2,
-                                                                               "grid_points": 100000000}}),
-                        ["grid_points"]),
+        VALID.replace(
+            "params:\n    hidden: 16",
+            "params:\n    hidden: 16\n    junk: "
+            + "&x0 [1,1,1,1,1,1,1,1,1,1]\n"
+            + "".join(
+                f"    junk{i}: &x{i} [*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},"
+                f"*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1}]\n"
+                for i in range(1, 9)
+            ),
+        ),
+        ["aliases"],
+    ),
+    "grid_points 1e8": (
+        _spec(
+            searcher={"kind": "grid"},
+            space={**spec_dict()["space"], "lr_per_sample": {"low": 1e-4, "high": 1e-2, "grid_points": 100000000}},
+        ),
+        ["grid_points"],
+    ),
     "epochs 1e308": (_spec(budget={"epochs": 1e308}), ["budget.epochs"]),
     "seed 2**64": (_spec(searcher={**spec_dict()["searcher"], "seed": 2**64}), ["searcher.seed"]),
     "seeds entry 2**64": (_spec(space={**spec_dict()["space"], "seeds": [1, 2**64]}), ["seeds.1"]),
-    "wrong-typed workload param": (_spec(workload={"name": "digits_mlp", "params": {"hidden": "wide"}}),
-                                   ["workload.params.hidden", "integer"]),
-    "wrong-typed plug-in param": (_spec(workload={"name": "tests.plugin_workloads:typed",
-                                                  "params": {"depth": [1, 2]}}), ["workload.params.depth"]),
-    "unknown workload param": (_spec(workload={"name": "digits_mlp", "params": {"widht": 3}}),
-                               ["workload.params.widht", "unexpected"]),
-    "workload that raises": (_spec(workload={"name": "digits_mlp", "params": {"hidden": -3}}),
-                             ["workload:", "fail on 2 training samples"]),
+    "wrong-typed workload param": (
+        _spec(workload={"name": "digits_mlp", "params": {"hidden": "wide"}}),
+        ["workload.params.hidden", "integer"],
+    ),
+    "wrong-typed plug-in param": (
+        _spec(workload={"name": "tests.plugin_workloads:typed", "params": {"depth": [1, 2]}}),
+        ["workload.params.depth"],
+    ),
+    "unknown workload param": (
+        _spec(workload={"name": "digits_mlp", "params": {"widht": 3}}),
+        ["workload.params.widht", "unexpected"],
+    ),
+    "workload that raises": (
+        _spec(workload={"name": "digits_mlp", "params": {"hidden": -3}}),
+        ["workload:", "fail on 2 training samples"],
+    ),
     "more CPUs than the machine": (_spec(resources={"cpus_per_trial": 4096}), ["resources.cpus_per_trial"]),
     "duplicate key": (VALID + "name: again\n", ["duplicate key 'name'"]),
     "a 500 kB value": (_spec(name="x" * 500_000), ["name"]),
     "a 2 MB file": ("# padding\n" * 200_000 + VALID, ["at most 1000000 bytes"]),
-    "an arbitrary callable": (_spec(workload={"name": "os:system", "params": {"command": "touch pwned"}}),
-                              ["workload.name", "os:system", "-> Workload"]),
-    "a plug-in without the annotation": (_spec(workload={"name": "tests.plugin_workloads:unannotated"}),
-                                         ["workload.name", "-> Workload"]),
+    "an arbitrary callable": (
+        _spec(workload={"name": "os:system", "params": {"command": "touch pwned"}}),
+        ["workload.name", "os:system", "-> Workload"],
+    ),
+    "a plug-in without the annotation": (
+        _spec(workload={"name": "tests.plugin_workloads:unannotated"}),
+        ["workload.name", "-> Workload"],
+    ),
 }
 
 

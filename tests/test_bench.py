@@ -13,8 +13,14 @@ def test_bench_quick_runs_every_measurement(tmp_path, capsys):
     out = tmp_path / "BENCHMARKS-quick.md"
     assert cli.main(["bench", "--quick", "--out", str(out)]) == 0
     text = out.read_text()
-    for name in ("training loop vs DataLoader loop", "orchestration", "search efficiency", "tracking overhead",
-                 "analysis and export over 50 trial runs", "peak memory per trial worker"):
+    for name in (
+        "training loop vs DataLoader loop",
+        "orchestration",
+        "search efficiency",
+        "tracking overhead",
+        "analysis and export over 50 trial runs",
+        "peak memory per trial worker",
+    ):
         assert name in text, name
     assert "ms of driver CPU per trial run" in text  # tracking at both trial lengths
     assert "Machine:" in text and "Command: `make bench-quick`" in text

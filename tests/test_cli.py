@@ -13,19 +13,25 @@ from tests.conftest import ROOT, spec_dict
 def run_cli(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(cwd)},
     )
 
 
-@pytest.mark.parametrize("data,field", [
-    (spec_dict(space={"batch_sizes": [0]}), "space"),
-    (spec_dict(workload={"name": "no_such_workload"}), "workload.name"),
-    (spec_dict(workload={"name": "digits_mlp", "params": {"width": 3}}), "workload.params"),
-    (spec_dict(workload={"name": "nowhere.module:fn"}), "workload.name"),
-    (spec_dict(searcher={"kind": "random", "num_trials": -1}), "searcher.num_trials"),
-    (spec_dict(workload={"name": "tests.plugin_workloads:mean_loss"}), "workload.loss_fn"),
-])
+@pytest.mark.parametrize(
+    "data,field",
+    [
+        (spec_dict(space={"batch_sizes": [0]}), "space"),
+        (spec_dict(workload={"name": "no_such_workload"}), "workload.name"),
+        (spec_dict(workload={"name": "digits_mlp", "params": {"width": 3}}), "workload.params"),
+        (spec_dict(workload={"name": "nowhere.module:fn"}), "workload.name"),
+        (spec_dict(searcher={"kind": "random", "num_trials": -1}), "searcher.num_trials"),
+        (spec_dict(workload={"name": "tests.plugin_workloads:mean_loss"}), "workload.loss_fn"),
+    ],
+)
 def test_bad_spec_exits_2_with_one_line_and_writes_nothing(tmp_path, data, field):
     spec = tmp_path / "bad.yaml"
     spec.write_text(yaml.safe_dump(data))
@@ -64,12 +70,28 @@ def test_unknown_flag_is_a_usage_error(tmp_path):
 
 def _export(tmp_path):
     doc = {
-        "sweep": "s", "parent_run_id": "p",
+        "sweep": "s",
+        "parent_run_id": "p",
         "constants": [
-            {"optimizer": "sgd", "reduction": "mean", "rule": "linear", "k": 1.0, "lr_per_sample": 1e-3,
-             "formula": "lr = 0.001 * batch_size**1", "batch_sizes_swept": [16, 256]},
-            {"optimizer": "adam", "reduction": "mean", "rule": "sqrt", "k": 0.5, "lr_per_sample": 1e-4,
-             "formula": "lr = 0.0001 * batch_size**0.5", "batch_sizes_swept": [16, 256], "eps": "eps = 1e-08"},
+            {
+                "optimizer": "sgd",
+                "reduction": "mean",
+                "rule": "linear",
+                "k": 1.0,
+                "lr_per_sample": 1e-3,
+                "formula": "lr = 0.001 * batch_size**1",
+                "batch_sizes_swept": [16, 256],
+            },
+            {
+                "optimizer": "adam",
+                "reduction": "mean",
+                "rule": "sqrt",
+                "k": 0.5,
+                "lr_per_sample": 1e-4,
+                "formula": "lr = 0.0001 * batch_size**0.5",
+                "batch_sizes_swept": [16, 256],
+                "eps": "eps = 1e-08",
+            },
         ],
     }
     path = tmp_path / "s.json"
@@ -100,12 +122,24 @@ def test_lr_answers_from_the_chosen_law_and_says_which(tmp_path):
     doc = json.loads(_export(tmp_path).read_text())
     sgd = doc["constants"][0]
     sgd["verdict"] = "inconclusive: k = 0.50 [0.10, 0.90] ..."
-    sgd["answer"] = {"name": "saturating", "source": "saturating", "params": {"lr_max": 2.0, "b_noise": 64.0},
-                     "shift": 0.0, "batch_range": [8, 512], "intervals": {}}
+    sgd["answer"] = {
+        "name": "saturating",
+        "source": "saturating",
+        "params": {"lr_max": 2.0, "b_noise": 64.0},
+        "shift": 0.0,
+        "batch_range": [8, 512],
+        "intervals": {},
+    }
     adam = doc["constants"][1]
     adam["verdict"] = "inconclusive: k = 0.40 [-0.10, 0.90] ..."
-    adam["answer"] = {"name": "power", "source": "rule", "params": {"c": 1e-4, "k": 0.5}, "shift": 0.0,
-                      "batch_range": [16, 128], "intervals": {}}
+    adam["answer"] = {
+        "name": "power",
+        "source": "rule",
+        "params": {"c": 1e-4, "k": 0.5},
+        "shift": 0.0,
+        "batch_range": [16, 128],
+        "intervals": {},
+    }
     path = tmp_path / "fitted.json"
     path.write_text(json.dumps(doc))
     sat = run_cli("lr", path, "--batch-size", 64, "--optimizer", "sgd", cwd=tmp_path)
@@ -114,5 +148,6 @@ def test_lr_answers_from_the_chosen_law_and_says_which(tmp_path):
     past = run_cli("lr", path, "--batch-size", 256, "--optimizer", "adam", cwd=tmp_path)
     assert "outside 16..128, where the rule formula was fitted" in past.stderr
     assert "the rule is not confirmed (inconclusive" in past.stderr
-    assert float(run_cli("lr", path, "--batch-size", 64, "--optimizer", "adam", "--value-only",
-                         cwd=tmp_path).stdout) == pytest.approx(8e-4)
+    assert float(
+        run_cli("lr", path, "--batch-size", 64, "--optimizer", "adam", "--value-only", cwd=tmp_path).stdout
+    ) == pytest.approx(8e-4)

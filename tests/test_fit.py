@@ -83,8 +83,7 @@ def test_the_interval_covers_seed_to_seed_noise():
     seed_a = 0.3 + 0.1 * np.log(grid / 6e-3) ** 2
     seed_b = 0.3 + 0.1 * np.log(grid / 2e-2) ** 2
     own = [optimal_lr(64, grid, curve) for curve in (seed_a, seed_b)]
-    pooled = optimal_lr(64, np.concatenate([grid, grid]), np.concatenate([seed_a, seed_b]),
-                        seeds=[0] * 11 + [1] * 11)
+    pooled = optimal_lr(64, np.concatenate([grid, grid]), np.concatenate([seed_a, seed_b]), seeds=[0] * 11 + [1] * 11)
     assert pooled.seeds == 2
     for o in own:
         assert pooled.lo <= o.lr * 1.01 and o.lr <= pooled.hi * 1.01
@@ -108,8 +107,15 @@ def test_noisy_power_laws_are_recovered(k):
 
 
 def test_the_verdict_compares_with_a_tolerance():
-    law = PowerLaw(k=1.0, k_lo=0.9999999999999998, k_hi=1.0000000000000002, c=1e-3, c_lo=1e-3, c_hi=1e-3,
-                   batch_sizes=(8, 16, 32, 64))
+    law = PowerLaw(
+        k=1.0,
+        k_lo=0.9999999999999998,
+        k_hi=1.0000000000000002,
+        c=1e-3,
+        c_lo=1e-3,
+        c_hi=1e-3,
+        batch_sizes=(8, 16, 32, 64),
+    )
     assert verdict(law, 1.0).startswith("holds")
 
 
@@ -149,12 +155,15 @@ def test_rule_constant_recovers_c():
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.01])
-@pytest.mark.parametrize("truth, adaptive, expected", [
-    (linear, False, "power"),
-    (sqrt, True, "power"),
-    (saturating, False, "saturating"),
-    (surge, True, "surge"),
-])
+@pytest.mark.parametrize(
+    "truth, adaptive, expected",
+    [
+        (linear, False, "power"),
+        (sqrt, True, "power"),
+        (saturating, False, "saturating"),
+        (surge, True, "surge"),
+    ],
+)
 def test_laws_are_told_apart(truth, adaptive, expected, noise):
     optima = optima_for(truth, noise=noise, batch_sizes=(4, 8, 16, 32, 64, 128, 256, 512, 1024))
     laws = fit_laws(optima, adaptive=adaptive)

@@ -21,8 +21,9 @@ def test_b_simple_matches_the_exact_per_sample_gradient_statistics():
     # exact: per-sample gradients over the whole training set
     per_sample = []
     for i in range(w.n_train):
-        grads = torch.autograd.grad(w.loss_fn(model(w.x_train[i : i + 1]), w.y_train[i : i + 1]).sum(),
-                                    list(model.parameters()))
+        grads = torch.autograd.grad(
+            w.loss_fn(model(w.x_train[i : i + 1]), w.y_train[i : i + 1]).sum(), list(model.parameters())
+        )
         per_sample.append(torch.cat([g.flatten() for g in grads]))
     G = torch.stack(per_sample)
     mean = G.mean(0)

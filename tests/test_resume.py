@@ -24,8 +24,12 @@ SPEC = {
     "name": "resumable",
     "workload": {"name": "digits_mlp", "params": {"hidden": 32}},
     "searcher": {"kind": "random", "num_trials": NUM_TRIALS, "max_concurrent": 2, "seed": 0},
-    "space": {"batch_sizes": [16, 32], "lr_per_sample": {"low": 1e-3, "high": 1e-2},
-              "reductions": ["mean"], "optimizers": ["sgd"]},
+    "space": {
+        "batch_sizes": [16, 32],
+        "lr_per_sample": {"low": 1e-3, "high": 1e-2},
+        "reductions": ["mean"],
+        "optimizers": ["sgd"],
+    },
     "budget": {"epochs": 8, "report_every_samples": 2000},
     "asha": {"enabled": False},
     # checkpoint and snapshot often, so the kill lands between checkpoints of running trials
@@ -36,8 +40,15 @@ SPEC = {
 def _cli(*args, cwd, log, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "services.cli", *args], cwd=cwd, env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def _children(client, experiment_id):

@@ -9,13 +9,15 @@ from services.schedulers import GroupedASHA
 
 
 def _trial(i, optimizer, batch_size=32):
-    return SimpleNamespace(trial_id=f"t{i}", config={"optimizer": optimizer, "reduction": "mean",
-                                                     "schedule": "constant", "batch_size": batch_size})
+    return SimpleNamespace(
+        trial_id=f"t{i}",
+        config={"optimizer": optimizer, "reduction": "mean", "schedule": "constant", "batch_size": batch_size},
+    )
 
 
 def _rung_results(scheduler, trials_losses):
     actions = {}
-    for trial, loss in trials_losses:
+    for trial, _ in trials_losses:
         scheduler.on_trial_add(None, trial)
     for trial, loss in trials_losses:
         actions[trial.trial_id] = scheduler.on_trial_result(None, trial, {m.SAMPLES_SEEN: 100, m.VAL_LOSS: loss})
@@ -23,8 +25,9 @@ def _rung_results(scheduler, trials_losses):
 
 
 def _kwargs():
-    return dict(time_attr=m.SAMPLES_SEEN, metric=m.VAL_LOSS, mode="min", max_t=900, grace_period=100,
-                reduction_factor=3)
+    return dict(
+        time_attr=m.SAMPLES_SEEN, metric=m.VAL_LOSS, mode="min", max_t=900, grace_period=100, reduction_factor=3
+    )
 
 
 def test_plain_asha_stops_the_slow_optimizer_but_grouped_does_not():

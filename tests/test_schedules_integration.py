@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 
 from services import cli
@@ -19,9 +18,14 @@ def test_schedules_show_in_mlflow_and_compare(tmp_path, ray_session, monkeypatch
     spec = spec_dict(
         name="schedules",
         searcher={"kind": "grid", "max_concurrent": 2, "seed": 0},
-        space={"batch_sizes": [16], "lr_per_sample": {"low": 2e-3, "high": 2e-3, "grid_points": 1},
-               "reductions": ["mean"], "optimizers": ["momentum"],
-               "schedules": ["constant", "lr_decay", "batch_growth"], "seeds": [0, 1]},
+        space={
+            "batch_sizes": [16],
+            "lr_per_sample": {"low": 2e-3, "high": 2e-3, "grid_points": 1},
+            "reductions": ["mean"],
+            "optimizers": ["momentum"],
+            "schedules": ["constant", "lr_decay", "batch_growth"],
+            "seeds": [0, 1],
+        },
         schedule={"factor": 2, "milestones": [0.5]},
         budget={"epochs": 4},
         asha={"enabled": False},
@@ -37,7 +41,9 @@ def test_schedules_show_in_mlflow_and_compare(tmp_path, ray_session, monkeypatch
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'trial'")
     assert len(runs) == 6 and {r.data.params["schedule"] for r in runs} == {"constant", "lr_decay", "batch_growth"}
     for run in runs:
-        sizes = [p.value for p in sorted(client.get_metric_history(run.info.run_id, m.BATCH_SIZE), key=lambda p: p.step)]
+        sizes = [
+            p.value for p in sorted(client.get_metric_history(run.info.run_id, m.BATCH_SIZE), key=lambda p: p.step)
+        ]
         lrs = [p.value for p in sorted(client.get_metric_history(run.info.run_id, m.LR), key=lambda p: p.step)]
         schedule = run.data.params["schedule"]
         assert sizes[0] == 16 and sizes[-1] == (32 if schedule == "batch_growth" else 16), (schedule, sizes)
@@ -52,4 +58,6 @@ def test_schedules_show_in_mlflow_and_compare(tmp_path, ray_session, monkeypatch
     assert all(r["seeds"] == 2 for r in rows.values())
     assert rows["batch_growth"]["updates_mean"] < rows["lr_decay"]["updates_mean"]
     assert {a.path for a in client.list_artifacts(doc["parent_run_id"], "compare")} == {
-        "compare/schedules-compare.json", "compare/schedules-compare.png"}
+        "compare/schedules-compare.json",
+        "compare/schedules-compare.png",
+    }

@@ -28,8 +28,12 @@ SPEC = {
     "name": "twonode",
     "workload": {"name": "digits_mlp", "params": {"hidden": 32}},
     "searcher": {"kind": "random", "num_trials": 6, "max_concurrent": 2, "seed": 0},
-    "space": {"batch_sizes": [16, 32], "lr_per_sample": {"low": 1e-3, "high": 1e-2},
-              "reductions": ["mean"], "optimizers": ["sgd"]},
+    "space": {
+        "batch_sizes": [16, 32],
+        "lr_per_sample": {"low": 1e-3, "high": 1e-2},
+        "reductions": ["mean"],
+        "optimizers": ["sgd"],
+    },
     "budget": {"epochs": 4},
     "asha": {"enabled": False},
 }
@@ -45,8 +49,14 @@ def cli(*args, home, timeout=300, env_extra=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAMPLEWISE_HOME": str(home), **(env_extra or {})}
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
-    return subprocess.run([sys.executable, "-m", "services.cli", *map(str, args)], cwd=home, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *map(str, args)],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _alive(pid):
@@ -94,9 +104,17 @@ def test_sweep_while_up_is_detached_and_lands_on_both_nodes(services_up):
     home, record = services_up
     (home / "twonode.yaml").write_text(yaml.safe_dump(SPEC))
     worker = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv" / "bin" / "ray").exists() else "ray",
-         "start", f"--address={record['ray']['address']}", "--block", "--num-cpus=1", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv" / "bin" / "ray").exists() else "ray",
+            "start",
+            f"--address={record['ray']['address']}",
+            "--block",
+            "--num-cpus=1",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
         env={**os.environ, "RAY_AUTH_MODE": "token"},
     )
     try:
@@ -123,8 +141,15 @@ def _sweep_in_background(home, name, spec):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAMPLEWISE_HOME": str(home)}
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "sweep", f"{name}.yaml"], cwd=home, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "sweep", f"{name}.yaml"],
+        cwd=home,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_children(client, name, count, timeout=120):
@@ -139,8 +164,12 @@ def _wait_for_children(client, name, count, timeout=120):
     pytest.fail(f"sweep {name} did not start {count} trials")
 
 
-OUTAGE = {**SPEC, "searcher": {"kind": "random", "num_trials": 3, "max_concurrent": 1, "seed": 0},
-          "budget": {"epochs": 30, "report_every_samples": 2000}, "noise": {"enabled": False}}
+OUTAGE = {
+    **SPEC,
+    "searcher": {"kind": "random", "num_trials": 3, "max_concurrent": 1, "seed": 0},
+    "budget": {"epochs": 30, "report_every_samples": 2000},
+    "noise": {"enabled": False},
+}
 
 
 def test_an_mlflow_outage_mid_sweep_loses_nothing_and_status_answers_fast(services_up):
@@ -206,9 +235,21 @@ def test_down_and_status_leave_a_process_that_reuses_a_recorded_pid_alone(tmp_pa
     try:
         state = tmp_path / ".samplewise"
         state.mkdir()
-        (state / "services.json").write_text(json.dumps({"mlflow": {
-            "pid": stranger.pid, "start": "1", "url": "http://127.0.0.1:9", "host": "127.0.0.1", "port": 9,
-            "log": str(state / "x.log"), "store": str(state / "x.db")}}))
+        (state / "services.json").write_text(
+            json.dumps(
+                {
+                    "mlflow": {
+                        "pid": stranger.pid,
+                        "start": "1",
+                        "url": "http://127.0.0.1:9",
+                        "host": "127.0.0.1",
+                        "port": 9,
+                        "log": str(state / "x.log"),
+                        "store": str(state / "x.db"),
+                    }
+                }
+            )
+        )
         status = cli("status", home=tmp_path)
         assert "MLflow server  running" not in status.stdout, status.stdout
         down = cli("down", home=tmp_path)
@@ -225,8 +266,18 @@ def test_down_stops_the_group_of_a_leader_that_died(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SAMPLEWISE_HOME", str(tmp_path))
     proc = local._spawn(["sh", "-c", "sleep 300 & sleep 300 & wait"], tmp_path / "group.log")
-    local._save({"mlflow": {**proc, "url": "http://127.0.0.1:9", "host": "127.0.0.1", "port": 9,
-                            "log": str(tmp_path / "group.log"), "store": str(tmp_path / "x.db")}})
+    local._save(
+        {
+            "mlflow": {
+                **proc,
+                "url": "http://127.0.0.1:9",
+                "host": "127.0.0.1",
+                "port": 9,
+                "log": str(tmp_path / "group.log"),
+                "store": str(tmp_path / "x.db"),
+            }
+        }
+    )
     time.sleep(0.5)
     workers = local._group_alive(proc["pid"])
     assert len(workers) == 3

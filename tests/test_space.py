@@ -31,14 +31,18 @@ def expected(optimizer, reduction, rule, c, B, eps=1e-8, wd=0.01, decoupled=Fals
 
 @pytest.mark.parametrize("optimizer,reduction,rule", list(itertools.product(OPTIMIZERS, REDUCTIONS, RULES)))
 def test_fixed_trial_derives_every_optimizer_reduction_rule(optimizer, reduction, rule):
-    spec = parse_spec(spec_dict(space={
-        "batch_sizes": [32, 128],
-        "lr_per_sample": {"low": 1e-5, "high": 1e-1},
-        "reductions": REDUCTIONS,
-        "optimizers": OPTIMIZERS,
-        "rules": {optimizer: rule},
-        "weight_decay": {"value": 0.01, "mode": "decoupled" if optimizer == "adamw" else "coupled"},
-    }))
+    spec = parse_spec(
+        spec_dict(
+            space={
+                "batch_sizes": [32, 128],
+                "lr_per_sample": {"low": 1e-5, "high": 1e-1},
+                "reductions": REDUCTIONS,
+                "optimizers": OPTIMIZERS,
+                "rules": {optimizer: rule},
+                "weight_decay": {"value": 0.01, "mode": "decoupled" if optimizer == "adamw" else "coupled"},
+            }
+        )
+    )
     trial = optuna.trial.FixedTrial(
         {"batch_size": 128, "reduction": reduction, "optimizer": optimizer, f"lr_per_sample_{optimizer}": 2e-3}
     )
@@ -68,15 +72,23 @@ def test_sgd_mean_and_sum_get_the_same_per_sample_step():
 
 
 def test_decoupled_decay_is_not_rescaled_under_sum():
-    hp = derive(batch_size=64, reduction="sum", optimizer="sgd", lr_per_sample=1e-3,
-                weight_decay=1e-2, decoupled_decay=True)
+    hp = derive(
+        batch_size=64, reduction="sum", optimizer="sgd", lr_per_sample=1e-3, weight_decay=1e-2, decoupled_decay=True
+    )
     assert hp.weight_decay == 1e-2 and hp.decoupled_decay
 
 
-@pytest.mark.parametrize("bad", [
-    dict(optimizer="rmsprop"), dict(reduction="max"), dict(rule="cubic"), dict(batch_size=0),
-    dict(lr_per_sample=0.0), dict(lr_per_sample=math.nan),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(optimizer="rmsprop"),
+        dict(reduction="max"),
+        dict(rule="cubic"),
+        dict(batch_size=0),
+        dict(lr_per_sample=0.0),
+        dict(lr_per_sample=math.nan),
+    ],
+)
 def test_derive_names_the_bad_value(bad):
     args = dict(batch_size=8, reduction="mean", optimizer="sgd", lr_per_sample=1e-3) | bad
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -84,47 +96,102 @@ def test_derive_names_the_bad_value(bad):
 
 
 def test_grid_points_cover_the_range_log_spaced():
-    spec = parse_spec(spec_dict(searcher={"kind": "grid"}, space={
-        "batch_sizes": [8, 16], "lr_per_sample": {"low": 1e-4, "high": 1e-2, "grid_points": 3},
-        "reductions": ["mean"], "optimizers": ["sgd"]}))
+    spec = parse_spec(
+        spec_dict(
+            searcher={"kind": "grid"},
+            space={
+                "batch_sizes": [8, 16],
+                "lr_per_sample": {"low": 1e-4, "high": 1e-2, "grid_points": 3},
+                "reductions": ["mean"],
+                "optimizers": ["sgd"],
+            },
+        )
+    )
     grid = grid_points(spec.space)
     assert grid["lr_step"] == [0, 1, 2]
     assert spec.num_trials == 6
-    config = suggest(optuna.trial.FixedTrial({"batch_size": 8, "reduction": "mean", "optimizer": "sgd",
-                                              "lr_step": 1}), spec.space, 0, mode="grid")
+    config = suggest(
+        optuna.trial.FixedTrial({"batch_size": 8, "reduction": "mean", "optimizer": "sgd", "lr_step": 1}),
+        spec.space,
+        0,
+        mode="grid",
+    )
     assert config["lr_per_sample"] == pytest.approx(1e-3)
 
 
 def test_per_optimizer_ranges_each_optimizer_searched_in_its_own():
-    spec = parse_spec(spec_dict(searcher={"kind": "grid"}, space={
-        "batch_sizes": [8], "reductions": ["mean"], "optimizers": ["sgd", "adam"],
-        "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1, "grid_points": 3},
-                          "adam": {"low": 1e-5, "high": 1e-3, "grid_points": 3}}}))
+    spec = parse_spec(
+        spec_dict(
+            searcher={"kind": "grid"},
+            space={
+                "batch_sizes": [8],
+                "reductions": ["mean"],
+                "optimizers": ["sgd", "adam"],
+                "lr_per_sample": {
+                    "sgd": {"low": 1e-3, "high": 1e-1, "grid_points": 3},
+                    "adam": {"low": 1e-5, "high": 1e-3, "grid_points": 3},
+                },
+            },
+        )
+    )
     for optimizer, want in (("sgd", [1e-3, 1e-2, 1e-1]), ("adam", [1e-5, 1e-4, 1e-3])):
-        got = [suggest(optuna.trial.FixedTrial({"batch_size": 8, "reduction": "mean", "optimizer": optimizer,
-                                                "lr_step": i}), spec.space, 0, mode="grid")["lr_per_sample"]
-               for i in range(3)]
+        got = [
+            suggest(
+                optuna.trial.FixedTrial({"batch_size": 8, "reduction": "mean", "optimizer": optimizer, "lr_step": i}),
+                spec.space,
+                0,
+                mode="grid",
+            )["lr_per_sample"]
+            for i in range(3)
+        ]
         assert got == pytest.approx(want)
     assert spec.num_trials == 6
     with pytest.raises(SpecError, match="space.lr_per_sample: no range for optimizer adam"):
-        parse_spec(spec_dict(space={"batch_sizes": [8], "optimizers": ["sgd", "adam"],
-                                    "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1}}}))
+        parse_spec(
+            spec_dict(
+                space={
+                    "batch_sizes": [8],
+                    "optimizers": ["sgd", "adam"],
+                    "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1}},
+                }
+            )
+        )
     with pytest.raises(SpecError, match="same grid_points"):
-        parse_spec(spec_dict(searcher={"kind": "grid"}, space={
-            "batch_sizes": [8], "optimizers": ["sgd", "adam"],
-            "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1, "grid_points": 3},
-                              "adam": {"low": 1e-5, "high": 1e-3, "grid_points": 4}}}))
+        parse_spec(
+            spec_dict(
+                searcher={"kind": "grid"},
+                space={
+                    "batch_sizes": [8],
+                    "optimizers": ["sgd", "adam"],
+                    "lr_per_sample": {
+                        "sgd": {"low": 1e-3, "high": 1e-1, "grid_points": 3},
+                        "adam": {"low": 1e-5, "high": 1e-3, "grid_points": 4},
+                    },
+                },
+            )
+        )
 
 
 def test_stratified_space_gives_every_cell_its_turn():
-    spec = parse_spec(spec_dict(space={
-        "batch_sizes": [16, 64, 256], "reductions": ["mean", "sum"], "optimizers": ["sgd", "adam"],
-        "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1}, "adam": {"low": 1e-5, "high": 1e-3}}}))
+    spec = parse_spec(
+        spec_dict(
+            space={
+                "batch_sizes": [16, 64, 256],
+                "reductions": ["mean", "sum"],
+                "optimizers": ["sgd", "adam"],
+                "lr_per_sample": {"sgd": {"low": 1e-3, "high": 1e-1}, "adam": {"low": 1e-5, "high": 1e-3}},
+            }
+        )
+    )
     seen = []
     for number in range(24):  # two rounds of the 12 cells
         opt, batch = ["sgd", "adam"][(number // 6) % 2], [16, 64, 256][number % 3]
-        config = suggest(optuna.trial.FixedTrial({f"lr_per_sample_{opt}_b{batch}": 1e-3}, number=number),
-                         spec.space, 0, mode="stratified")
+        config = suggest(
+            optuna.trial.FixedTrial({f"lr_per_sample_{opt}_b{batch}": 1e-3}, number=number),
+            spec.space,
+            0,
+            mode="stratified",
+        )
         seen.append((config["batch_size"], config["optimizer"], config["reduction"]))
     assert len(set(seen[:12])) == 12 and seen[:12] == seen[12:]
     assert [s[0] for s in seen[:3]] == [16, 64, 256]  # batch size varies fastest

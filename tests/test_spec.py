@@ -34,25 +34,28 @@ def _space(**kw):
     return {**base, **kw}
 
 
-@pytest.mark.parametrize("data,field,value", [
-    (spec_dict(space=_space(batch_sizes=[16, -4])), "space.batch_sizes.1", "-4"),
-    (spec_dict(space=_space(batch_sizes=[])), "space.batch_sizes", "[]"),
-    (spec_dict(space=_space(optimizers=["sgd", "lion"])), "space.optimizers.1", "lion"),
-    (spec_dict(space=_space(reductions=["median"])), "space.reductions.0", "median"),
-    (spec_dict(space=_space(lr_per_sample={"low": 1e-2, "high": 1e-4})), "space.lr_per_sample", "above high"),
-    (spec_dict(space=_space(lr_per_sample={"low": 0, "high": 1e-4})), "space.lr_per_sample.low", "0"),
-    (spec_dict(space=_space(rules={"sgd": "quadratic"})), "space.rules.sgd", "quadratic"),
-    (spec_dict(space=_space(momentum=1.5)), "space.momentum", "1.5"),
-    (spec_dict(searcher={"kind": "bayes", "num_trials": 2}), "searcher.kind", "bayes"),
-    (spec_dict(searcher={"kind": "tpe"}), "searcher.num_trials", "required"),
-    (spec_dict(searcher={"kind": "random", "num_trials": 0}), "searcher.num_trials", "0"),
-    (spec_dict(budget={"epochs": 1, "samples": 100}), "budget", "exactly one"),
-    (spec_dict(budget={"epochs": "many"}), "budget.epochs", "many"),
-    (spec_dict(resources={"gpus_per_trial": 2}), "resources.gpus_per_trial", "2"),
-    (spec_dict(name="has space"), "name", "has space"),
-    (spec_dict(surprise=1), "surprise", "Extra inputs"),
-    ({**spec_dict(), "space": None}, "space", "None"),
-])
+@pytest.mark.parametrize(
+    "data,field,value",
+    [
+        (spec_dict(space=_space(batch_sizes=[16, -4])), "space.batch_sizes.1", "-4"),
+        (spec_dict(space=_space(batch_sizes=[])), "space.batch_sizes", "[]"),
+        (spec_dict(space=_space(optimizers=["sgd", "lion"])), "space.optimizers.1", "lion"),
+        (spec_dict(space=_space(reductions=["median"])), "space.reductions.0", "median"),
+        (spec_dict(space=_space(lr_per_sample={"low": 1e-2, "high": 1e-4})), "space.lr_per_sample", "above high"),
+        (spec_dict(space=_space(lr_per_sample={"low": 0, "high": 1e-4})), "space.lr_per_sample.low", "0"),
+        (spec_dict(space=_space(rules={"sgd": "quadratic"})), "space.rules.sgd", "quadratic"),
+        (spec_dict(space=_space(momentum=1.5)), "space.momentum", "1.5"),
+        (spec_dict(searcher={"kind": "bayes", "num_trials": 2}), "searcher.kind", "bayes"),
+        (spec_dict(searcher={"kind": "tpe"}), "searcher.num_trials", "required"),
+        (spec_dict(searcher={"kind": "random", "num_trials": 0}), "searcher.num_trials", "0"),
+        (spec_dict(budget={"epochs": 1, "samples": 100}), "budget", "exactly one"),
+        (spec_dict(budget={"epochs": "many"}), "budget.epochs", "many"),
+        (spec_dict(resources={"gpus_per_trial": 2}), "resources.gpus_per_trial", "2"),
+        (spec_dict(name="has space"), "name", "has space"),
+        (spec_dict(surprise=1), "surprise", "Extra inputs"),
+        ({**spec_dict(), "space": None}, "space", "None"),
+    ],
+)
 def test_bad_spec_names_field_and_value(data, field, value):
     with pytest.raises(SpecError) as info:
         parse_spec(data, "x.yaml")

@@ -23,8 +23,16 @@ store.ensure_experiment(client, "exp-" + sys.argv[2])
 
 def _processes(code, uri, n):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, uri, str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(n)
+    ]
     return [(p.wait(timeout=120), p.stdout.read()) for p in procs]
 
 
@@ -41,14 +49,26 @@ def test_processes_creating_a_new_store_at_once_all_succeed(tmp_path):
 
 
 def test_two_sweeps_started_at_once_on_a_new_store(tmp_path):
-    spec = spec_dict(searcher={"kind": "random", "num_trials": 1, "max_concurrent": 1, "seed": 0},
-                     budget={"epochs": 1}, noise={"enabled": False})
+    spec = spec_dict(
+        searcher={"kind": "random", "num_trials": 1, "max_concurrent": 1, "seed": 0},
+        budget={"epochs": 1},
+        noise={"enabled": False},
+    )
     for name in ("one", "two"):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name}))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env.pop("RAY_ADDRESS", None)
-    procs = [subprocess.Popen([sys.executable, "-m", "services.cli", "sweep", f"{name}.yaml"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in ("one", "two")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "sweep", f"{name}.yaml"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("one", "two")
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stdout.read()[-2000:]
 

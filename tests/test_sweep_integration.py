@@ -36,8 +36,17 @@ def test_parent_and_one_child_per_trial(smoke_sweep):
     assert len({c.data.tags[m.TAG_TRIAL_ID] for c in children}) == spec.num_trials
     for child in children:
         assert child.info.status == "FINISHED"
-        assert {"batch_size", "lr", "lr_per_sample", "reduction", "optimizer", "rule", "weight_decay",
-                "seed", "workload"} <= set(child.data.params)
+        assert {
+            "batch_size",
+            "lr",
+            "lr_per_sample",
+            "reduction",
+            "optimizer",
+            "rule",
+            "weight_decay",
+            "seed",
+            "workload",
+        } <= set(child.data.params)
         assert child.data.params["workload"] == "digits_mlp"
         assert {m.TRAIN_LOSS, m.VAL_LOSS, m.VAL_ACCURACY, m.SAMPLES_SEEN, m.UPDATES, m.LR} <= set(child.data.metrics)
 
@@ -66,16 +75,23 @@ def test_export_holds_the_best_constant_per_group(smoke_sweep):
     assert {(c["optimizer"], c["reduction"]) for c in doc["constants"]} == groups
     assert doc["sweep"] == "smoke" and doc["objective"] == m.VAL_LOSS
     for const in doc["constants"]:
-        members = [c for c in children
-                   if (c.data.params["optimizer"], c.data.params["reduction"]) == (const["optimizer"], const["reduction"])]
+        members = [
+            c
+            for c in children
+            if (c.data.params["optimizer"], c.data.params["reduction"]) == (const["optimizer"], const["reduction"])
+        ]
         assert const["trials"]["total"] == len(members)
         best = const["best"]
         run = client.get_run(best["run_id"])
         assert float(run.data.params["lr_per_sample"]) == pytest.approx(const["lr_per_sample"])
         if const["trials"]["completed"]:  # the best is the lowest val loss of the trials that completed
             assert best["val_loss_per_sample"] == pytest.approx(
-                min(c.data.metrics[m.VAL_LOSS] for c in members if c.data.tags.get(m.TAG_DIVERGED) != "true"
-                    and c.data.tags.get(m.TAG_STOPPED_EARLY) != "true"))
+                min(
+                    c.data.metrics[m.VAL_LOSS]
+                    for c in members
+                    if c.data.tags.get(m.TAG_DIVERGED) != "true" and c.data.tags.get(m.TAG_STOPPED_EARLY) != "true"
+                )
+            )
         assert const["formula"].startswith(f"lr = {const['lr_per_sample']:.6g} * batch_size**")
         assert const["answer"]["source"] == "best trial"  # two batch sizes: nothing to fit
         assert const["rule"]["holds_for"] is None and const["verdict"].startswith("inconclusive")
@@ -119,8 +135,17 @@ def test_lr_lookup_from_the_export(smoke_sweep, capsys):
     work, _ = smoke_sweep
     doc = json.loads((work / "exports" / "smoke.json").read_text())
     const = doc["constants"][0]
-    args = ["lr", str(work / "exports" / "smoke.json"), "--batch-size", "32",
-            "--optimizer", const["optimizer"], "--reduction", const["reduction"], "--value-only"]
+    args = [
+        "lr",
+        str(work / "exports" / "smoke.json"),
+        "--batch-size",
+        "32",
+        "--optimizer",
+        const["optimizer"],
+        "--reduction",
+        const["reduction"],
+        "--value-only",
+    ]
     assert cli.main(args) == 0
     assert float(capsys.readouterr().out) == pytest.approx(const["lr_per_sample"] * 32 ** const["k"], rel=1e-5)
 

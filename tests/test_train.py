@@ -91,7 +91,12 @@ def test_run_trial_reports_contract_metrics_at_sample_counts(workload):
 def test_diverging_trial_stops_early_with_a_finite_objective(workload):
     reports = []
     hp = derive(batch_size=16, reduction="mean", optimizer="sgd", lr_per_sample=50.0)
-    run_trial(workload, hp, Budget(total_samples=10 * workload.n_train, interval_samples=workload.n_train), lambda r, s: reports.append(r))
+    run_trial(
+        workload,
+        hp,
+        Budget(total_samples=10 * workload.n_train, interval_samples=workload.n_train),
+        lambda r, s: reports.append(r),
+    )
     assert reports[-1][m.DIVERGED] == 1.0
     assert len(reports) < 10
     assert math.isfinite(reports[-1][m.VAL_LOSS]) and math.isfinite(reports[-1][m.TRAIN_LOSS])
@@ -121,13 +126,16 @@ def test_resuming_from_a_report_state_continues_exactly(workload):
 def test_batch_growth_trial_grows_its_batch_and_takes_fewer_updates(workload):
     from search_spaces.schedules import Schedule
 
-    budget = dict(total_samples=8 * workload.n_train, interval_samples=workload.n_train,
-                  schedule=Schedule(factor=2, milestones=(0.5, 0.75), batch_cap=200))
+    budget = dict(
+        total_samples=8 * workload.n_train,
+        interval_samples=workload.n_train,
+        schedule=Schedule(factor=2, milestones=(0.5, 0.75), batch_cap=200),
+    )
     runs = {}
     for kind in ("constant", "lr_decay", "batch_growth"):
         hp = derive(batch_size=32, reduction="mean", optimizer="momentum", lr_per_sample=1e-3, schedule=kind)
         reports = []
-        run_trial(workload, hp, Budget(**budget), lambda r, s: reports.append(r))
+        run_trial(workload, hp, Budget(**budget), lambda r, s, reports=reports: reports.append(r))
         runs[kind] = reports
     growth, decay = runs["batch_growth"], runs["lr_decay"]
     assert [r[m.BATCH_SIZE] for r in growth] == [32, 32, 32, 32, 64, 64, 128, 128]

@@ -23,10 +23,16 @@ def test_a_hanging_trial_fails_with_timed_out_after_n_s(in_c, tmp_path, ray_sess
     from services.runner import run_sweep
 
     monkeypatch.chdir(tmp_path)
-    spec = parse_spec(spec_dict(
-        name="hangs", workload={"name": "tests.plugin_workloads:hangs", "params": {"in_c": in_c}},
-        searcher={"kind": "random", "num_trials": 2, "max_concurrent": 2, "seed": 0},
-        budget={"epochs": 2}, noise={"enabled": False}, failures={"trial_timeout_s": 3, "max_retries": 1}))
+    spec = parse_spec(
+        spec_dict(
+            name="hangs",
+            workload={"name": "tests.plugin_workloads:hangs", "params": {"in_c": in_c}},
+            searcher={"kind": "random", "num_trials": 2, "max_concurrent": 2, "seed": 0},
+            budget={"epochs": 2},
+            noise={"enabled": False},
+            failures={"trial_timeout_s": 3, "max_retries": 1},
+        )
+    )
     start = time.monotonic()
     outcome = run_sweep(spec, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert time.monotonic() - start < 120
@@ -44,8 +50,14 @@ def test_a_nan_initial_loss_reports_a_finite_objective(tmp_path, ray_session, mo
     from services.runner import run_sweep
 
     monkeypatch.chdir(tmp_path)
-    spec = parse_spec(spec_dict(name="nan", workload={"name": "tests.plugin_workloads:nan_at_init"},
-                                budget={"epochs": 1}, noise={"enabled": False}))
+    spec = parse_spec(
+        spec_dict(
+            name="nan",
+            workload={"name": "tests.plugin_workloads:nan_at_init"},
+            budget={"epochs": 1},
+            noise={"enabled": False},
+        )
+    )
     outcome = run_sweep(spec, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     children = _children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), outcome)
     assert len(children) == 2
@@ -65,16 +77,31 @@ def test_a_trial_killed_by_rays_memory_monitor_fails_and_the_sweep_goes_on(tmp_p
 
     from tests.conftest import ROOT
 
-    spec = spec_dict(name="oom", workload={"name": "tests.plugin_workloads:memory_hog", "params": {"gib": 1.0}},
-                     searcher={"kind": "random", "num_trials": 2, "max_concurrent": 1, "seed": 0},
-                     budget={"epochs": 1}, noise={"enabled": False}, failures={"max_retries": 0})
+    spec = spec_dict(
+        name="oom",
+        workload={"name": "tests.plugin_workloads:memory_hog", "params": {"gib": 1.0}},
+        searcher={"kind": "random", "num_trials": 2, "max_concurrent": 1, "seed": 0},
+        budget={"epochs": 1},
+        noise={"enabled": False},
+        failures={"max_retries": 0},
+    )
     (tmp_path / "oom.yaml").write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_memory_usage_threshold": "0.12",
-           "RAY_memory_monitor_refresh_ms": "100"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAY_memory_usage_threshold": "0.12",
+        "RAY_memory_monitor_refresh_ms": "100",
+    }
     env.pop("RAY_ADDRESS", None)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = subprocess.run([sys.executable, "-m", "services.cli", "sweep", "oom.yaml", "--tracking-uri", uri],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "sweep", "oom.yaml", "--tracking-uri", uri],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = done.stdout + done.stderr
     assert "Caught unexpected exception" not in out, out[-3000:]
     assert done.returncode == 1 and "2 failed" in out, out[-3000:]  # every trial failed: exit 1

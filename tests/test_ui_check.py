@@ -12,7 +12,7 @@ pytestmark = [
     pytest.mark.skipif(
         browser_paths() is None,
         reason="Chromium and chromedriver are not installed; `make browser-deps` installs Debian's chromium and "
-               "chromium-driver",
+        "chromium-driver",
     ),
 ]
 

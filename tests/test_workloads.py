@@ -4,18 +4,24 @@ import pytest
 import torch
 from torch import nn
 
+from search_spaces.scaling import derive
 from services import metrics as m
 from services.errors import SpecError
 from services.noise import NoiseScale
 from services.train import Budget, run_trial
 from services.workloads import Workload, check, digits_mlp, mnist1d_mlp
-from search_spaces.scaling import derive
 
 
 def test_a_loss_that_is_not_per_sample_is_rejected_naming_loss_fn():
     base = digits_mlp(hidden=8)
-    mean_loss = Workload(base.model_fn, base.x_train, base.y_train, base.x_val, base.y_val,
-                         lambda out, y: nn.functional.cross_entropy(out, y))  # the usual mistake
+    mean_loss = Workload(
+        base.model_fn,
+        base.x_train,
+        base.y_train,
+        base.x_val,
+        base.y_val,
+        lambda out, y: nn.functional.cross_entropy(out, y),
+    )  # the usual mistake
     with pytest.raises(SpecError, match=r"workload.loss_fn: must return one loss per sample.*got shape \(\)"):
         check(mean_loss)
     check(base)  # the built-in passes
@@ -35,8 +41,15 @@ def test_a_regression_reports_no_accuracy():
     torch.manual_seed(0)
     x = torch.randn(64, 3)
     y = x.sum(dim=1, keepdim=True)
-    reg = Workload(lambda: nn.Linear(3, 1), x[:48], y[:48], x[48:], y[48:],
-                   lambda out, t: ((out - t) ** 2).sum(dim=1), classification=False)
+    reg = Workload(
+        lambda: nn.Linear(3, 1),
+        x[:48],
+        y[:48],
+        x[48:],
+        y[48:],
+        lambda out, t: ((out - t) ** 2).sum(dim=1),
+        classification=False,
+    )
     check(reg)
     hp = derive(batch_size=8, reduction="mean", optimizer="sgd", lr_per_sample=1e-3)
     reports = []
@@ -47,8 +60,14 @@ def test_a_regression_reports_no_accuracy():
 
 def test_measuring_the_noise_scale_leaves_batchnorm_statistics_alone():
     base = digits_mlp(hidden=8)
-    bn = Workload(lambda: nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10)),
-                  base.x_train, base.y_train, base.x_val, base.y_val, base.loss_fn)
+    bn = Workload(
+        lambda: nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10)),
+        base.x_train,
+        base.y_train,
+        base.x_val,
+        base.y_val,
+        base.loss_fn,
+    )
     torch.manual_seed(0)
     model = bn.model_fn()
     before = {k: v.clone() for k, v in model.state_dict().items()}

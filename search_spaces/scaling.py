@@ -6,7 +6,7 @@ the *LR per sample*:
     mean-reduced loss:  lr = c * B**k      (k = 1 linear, 0.5 sqrt, 0 none)
 
 Under a sum-reduced loss the gradient is B times larger, so the equivalent settings are
-(see DESIGN.md, section 1):
+(Adam's update divides by its own running gradient scale, so only its eps must move):
 
     SGD / momentum:  lr = c * B**(k - 1)          (identical updates to the mean case)
     Adam / AdamW:    lr = c * B**k, eps = eps * B (identical updates to the mean case)

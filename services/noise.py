@@ -1,6 +1,6 @@
 """Gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), measured in a trial.
 
-From squared norms of mean-reduced gradients at two batch sizes b < B' (DESIGN.md, section 1):
+From squared norms of mean-reduced gradients at two batch sizes b < B' (McCandlish et al. 2018, appendix A.1):
 
     |G|^2     ~ (B' |G_B'|^2 - b |G_b|^2) / (B' - b)
     tr(Sigma) ~ (|G_b|^2 - |G_B'|^2) / (1/b - 1/B')

@@ -351,7 +351,8 @@ def _train(config: dict, spec) -> None:
     resume = None
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
-            resume = torch.load(os.path.join(path, STATE_FILE), map_location=device, weights_only=False)
+            # tensors and plain values only: a checkpoint on shared storage cannot run code when loaded
+            resume = torch.load(os.path.join(path, STATE_FILE), map_location=device, weights_only=True)
     reported: list[dict] = list((resume or {}).get("reported", []))
     for result in reported:
         tune.report(result)

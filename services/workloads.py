@@ -114,7 +114,7 @@ def mnist1d_data(num_samples: int = 5000, data_seed: int = 42) -> dict[str, torc
     """
     path = _cache_dir() / f"mnist1d_n{num_samples}_s{data_seed}.pt"
     if path.exists():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()

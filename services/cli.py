@@ -13,16 +13,7 @@ import sys
 from pathlib import Path
 
 from services import cli_local, paths
-from services.errors import (
-    ENVIRONMENT_ERRORS,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    USAGE_ERRORS,
-    SpecError,
-    SweepInterrupted,
-)
+from services.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SamplewiseError, SpecError
 from services.spec import check_cpus, load_spec
 
 
@@ -300,15 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except USAGE_ERRORS as err:
-        print(f"samplewise: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except ENVIRONMENT_ERRORS as err:
-        print(f"samplewise: error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    except SweepInterrupted as err:
-        print(f"samplewise: {err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except SamplewiseError as err:
+        print(f"samplewise: {err.prefix}{err}", file=sys.stderr)
+        return err.exit_status
     except KeyboardInterrupt:
         spec = getattr(args, "spec", None)
         again = f"; continue it with: make resume SWEEP={spec}" if args.command in ("sweep", "resume") else ""

@@ -33,7 +33,7 @@ from services.analysis import GroupSummary, TrialRecord, edge_warning, summarize
 from services.errors import ExportError, SpecError, TrackingError
 from services.fit import CI
 from services.laws import AIC_MARGIN, LawFit
-from services.store import PARENT_TAG, client_for
+from services.store import child_runs, client_for
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -115,19 +115,9 @@ def _gc_paused():
 
 def load_records(client: "MlflowClient", parent: "Run") -> list[TrialRecord]:
     """Every trial (child run) of a sweep submission."""
-    records, token = [], None
     with _gc_paused():
-        while True:
-            page = client.search_runs(
-                [parent.info.experiment_id],
-                filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
-                max_results=SEARCH_PAGE,
-                page_token=token,
-            )
-            records += [_record(run) for run in page]
-            token = page.token
-            if not token:
-                return records
+        runs = child_runs(client, parent.info.experiment_id, parent.info.run_id, SEARCH_PAGE)
+        return [_record(run) for run in runs]
 
 
 def _law_doc(law: LawFit) -> dict[str, Any]:

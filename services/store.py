@@ -129,14 +129,14 @@ def ensure_experiment(client: "MlflowClient", name: str, artifact_location: str 
         raise TrackingError(f"MLflow tracking store {client.tracking_uri} is not usable: {summary}") from None
 
 
-def child_runs(client: "MlflowClient", experiment_id: str, parent_run_id: str) -> list:
-    """Every child run of ``parent_run_id``, all pages."""
+def child_runs(client: "MlflowClient", experiment_id: str, parent_run_id: str, page_size: int = 1000) -> list:
+    """Every child run of ``parent_run_id``, all pages of ``page_size`` runs."""
     runs, token = [], None
     while True:
         page = client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-            max_results=1000,
+            max_results=page_size,
             page_token=token,
         )
         runs.extend(page)

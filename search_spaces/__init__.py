@@ -1,7 +1,8 @@
 """Search spaces that tie the learning rate to the batch size.
 
-Public surface: the scaling rules (:mod:`search_spaces.scaling`) and the define-by-run
-spaces for Optuna (:mod:`search_spaces.tied`).
+Public surface: the scaling rules and the hyperparameter schema (:mod:`search_spaces.scaling`),
+the space's schema (:mod:`search_spaces.space`), the batch-size / LR schedules
+(:mod:`search_spaces.schedules`) and the define-by-run spaces for Optuna (:mod:`search_spaces.tied`).
 """
 
 from search_spaces.scaling import (
@@ -14,7 +15,8 @@ from search_spaces.scaling import (
     lr_exponent,
     lr_for,
 )
-from search_spaces.tied import grid_points, grid_size, suggest, tied_space
+from search_spaces.space import SpaceSpec
+from search_spaces.tied import grid_points, suggest, tied_space
 
 __all__ = [
     "DEFAULT_RULE",
@@ -24,7 +26,7 @@ __all__ = [
     "TrialHParams",
     "derive",
     "grid_points",
-    "grid_size",
+    "SpaceSpec",
     "lr_exponent",
     "lr_for",
     "suggest",

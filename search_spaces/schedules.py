@@ -15,39 +15,47 @@ has not improved for ``patience`` evaluations. An optional linear warmup (in sam
 the LR of every schedule.
 
 The LR scale multiplies the *mean-equivalent* LR (the LR of a mean-reduced loss); see
-:func:`optimizer_settings` for what the optimizer is given under each reduction.
+:meth:`search_spaces.scaling.TrialHParams.settings` for what the optimizer is given under each
+reduction.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
-from search_spaces.scaling import ADAPTIVE, TrialHParams
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+ScheduleKind = Literal["constant", "lr_decay", "batch_growth"]
 SCHEDULES: tuple[str, ...] = ("constant", "lr_decay", "batch_growth")
 PLATEAU_MIN_DELTA = 1e-4
 """Relative improvement of the validation loss that resets the plateau counter."""
 
 
-@dataclass(frozen=True)
-class Schedule:
-    kind: str = "constant"
-    factor: float = 5.0
-    milestones: tuple[float, ...] = (0.5, 0.75, 0.9)
-    """Fractions of the sample budget at which events happen (ignored with ``patience``)."""
-    patience: Optional[int] = None
-    """Evaluations without improvement that trigger an event (instead of milestones)."""
-    warmup_samples: int = 0
-    batch_cap: Optional[int] = None
-    """Largest batch size batch_growth may reach; default a tenth of the training set."""
+class Schedule(BaseModel):
+    """The ``schedule`` section of a sweep spec: settings shared by every schedule kind of the
+    sweep (each trial's kind is its ``schedule`` hyperparameter)."""
 
-    def __post_init__(self):
-        if self.kind not in SCHEDULES:
-            raise ValueError(f"schedule: unknown {self.kind!r}, expected one of {SCHEDULES}")
-        if not self.factor > 1:
-            raise ValueError(f"schedule.factor: must be above 1, got {self.factor}")
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    factor: float = Field(default=5.0, gt=1, allow_inf_nan=False, le=1e6)
+    """Each event divides the LR (lr_decay) or multiplies the batch size (batch_growth) by this."""
+    milestones: tuple[float, ...] = Field(default=(0.5, 0.75, 0.9), min_length=1, max_length=100)
+    """Fractions of the sample budget at which events happen (ignored with ``patience``)."""
+    patience: Optional[int] = Field(default=None, ge=1, le=1_000_000)
+    """Instead of milestones: an event after this many evaluations without improvement."""
+    warmup_samples: int = Field(default=0, ge=0, le=10**15)
+    """Linear LR warmup, in samples, for every schedule."""
+    batch_cap: Optional[int] = Field(default=None, ge=1, le=2**31)
+    """Largest batch size batch_growth reaches before it decays the LR; default a tenth of the
+    training set."""
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "Schedule":
+        for i, f in enumerate(self.milestones):
+            if not 0 < f < 1:
+                raise ValueError(f"milestones.{i}: must lie strictly between 0 and 1, got {f}")
+        return self
 
 
 def plateau_events(val_history: Sequence[float], patience: int) -> int:
@@ -63,8 +71,10 @@ def plateau_events(val_history: Sequence[float], patience: int) -> int:
     return events
 
 
-def events_at(schedule: Schedule, samples_seen: int, total_samples: int, val_history: Sequence[float]) -> int:
-    if schedule.kind == "constant":
+def events_at(
+    schedule: Schedule, kind: str, samples_seen: int, total_samples: int, val_history: Sequence[float]
+) -> int:
+    if kind == "constant":
         return 0
     if schedule.patience:
         return plateau_events(val_history, schedule.patience)
@@ -73,52 +83,24 @@ def events_at(schedule: Schedule, samples_seen: int, total_samples: int, val_his
 
 def batch_and_lr(
     schedule: Schedule,
+    kind: str,
     base_batch: int,
     n_train: int,
     samples_seen: int,
     total_samples: int,
     val_history: Sequence[float] = (),
 ) -> tuple[int, float]:
-    """(batch size, LR scale) in effect after ``samples_seen`` samples."""
+    """(batch size, LR scale) of schedule ``kind`` in effect after ``samples_seen`` samples."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule: unknown {kind!r}, expected one of {SCHEDULES}")
     cap = schedule.batch_cap or max(base_batch, n_train // 10)
     batch, scale = base_batch, 1.0
-    for _ in range(events_at(schedule, samples_seen, total_samples, val_history)):
+    for _ in range(events_at(schedule, kind, samples_seen, total_samples, val_history)):
         grown = int(round(batch * schedule.factor))
-        if schedule.kind == "batch_growth" and grown <= cap:
+        if kind == "batch_growth" and grown <= cap:
             batch = grown
         else:  # lr_decay, and batch_growth past its cap
             scale /= schedule.factor
     if schedule.warmup_samples and samples_seen < schedule.warmup_samples:
         scale *= max(samples_seen, 1) / schedule.warmup_samples
     return batch, scale
-
-
-def mean_equivalent_lr(hp: TrialHParams) -> float:
-    """The LR a mean-reduced loss would need for the same update (SGD under sum: lr * B)."""
-    tied_sum_sgd = hp.reduction == "sum" and hp.optimizer not in ADAPTIVE
-    return hp.lr * hp.batch_size if tied_sum_sgd else hp.lr
-
-
-def optimizer_settings(hp: TrialHParams, batch_size: int, lr_scale: float) -> dict[str, float]:
-    """lr, eps and weight decay for the optimizer at ``batch_size`` with the LR scaled.
-
-    ``hp`` was derived at its own batch size; under sum reduction the optimizer's LR (SGD),
-    eps (Adam) and coupled weight decay follow the batch size so that the update stays the
-    one of the mean-reduced loss at the scaled mean-equivalent LR.
-    """
-    b0, b = hp.batch_size, batch_size
-    lr = mean_equivalent_lr(hp) * lr_scale
-    eps, wd = hp.eps, hp.weight_decay
-    if hp.reduction == "sum":
-        if hp.optimizer not in ADAPTIVE:
-            lr = lr / b
-        elif hp.rule != "none":
-            eps = eps / b0 * b
-        if wd and not hp.decoupled_decay and hp.rule != "none":
-            wd = wd / b0 * b
-    return {"lr": lr, "eps": eps, "weight_decay": wd}
-
-
-def noise_scale(hp: TrialHParams, batch_size: int, lr_scale: float, n_train: int) -> float:
-    """SGD noise scale g = lr * N / (B * (1 - m)) with the mean-equivalent LR."""
-    return mean_equivalent_lr(hp) * lr_scale * n_train / (batch_size * (1 - hp.momentum))

@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from search_spaces.scaling import derive
+from search_spaces.space import SpaceSpec
 
-if TYPE_CHECKING:  # the spec imports nothing from here at run time
+if TYPE_CHECKING:
     import optuna
-
-    from services.spec import SpaceSpec
 
 MODES = ("free", "stratified", "grid")
 
@@ -44,7 +43,7 @@ def lr_param(optimizer: str, batch_size: int | None = None) -> str:
     return f"lr_per_sample_{optimizer}" + (f"_b{batch_size}" if batch_size is not None else "")
 
 
-def cells(space: "SpaceSpec", seed: int) -> list[dict[str, Any]]:
+def cells(space: SpaceSpec, seed: int) -> list[dict[str, Any]]:
     """Every (batch size, optimizer, reduction, schedule, seed) of the space, batch size fastest."""
     seeds = list(space.seeds) if space.seeds else [seed]
     return [
@@ -55,15 +54,15 @@ def cells(space: "SpaceSpec", seed: int) -> list[dict[str, Any]]:
     ]
 
 
-def grid_lrs(space: "SpaceSpec", optimizer: str) -> list[float]:
+def grid_lrs(space: SpaceSpec, optimizer: str) -> list[float]:
     """The ``grid_points`` log-spaced LRs per sample of ``optimizer``'s range, both ends included."""
     rng = space.lr_range(optimizer)
-    if rng.grid_points == 1 or rng.low == rng.high:
+    if rng.count == 1:
         return [float(np.sqrt(rng.low * rng.high))]
-    return [float(v) for v in np.geomspace(rng.low, rng.high, rng.grid_points)]
+    return [float(v) for v in np.geomspace(rng.low, rng.high, rng.count)]
 
 
-def _pick(trial: "optuna.Trial", space: "SpaceSpec", seed: int) -> dict[str, Any]:
+def _pick(trial: "optuna.Trial", space: SpaceSpec, seed: int) -> dict[str, Any]:
     cell = {
         "batch_size": trial.suggest_categorical("batch_size", list(space.batch_sizes)),
         "reduction": trial.suggest_categorical("reduction", list(space.reductions)),
@@ -76,7 +75,7 @@ def _pick(trial: "optuna.Trial", space: "SpaceSpec", seed: int) -> dict[str, Any
     return cell
 
 
-def suggest(trial: "optuna.Trial", space: "SpaceSpec", seed: int, mode: str = "free") -> dict[str, Any]:
+def suggest(trial: "optuna.Trial", space: SpaceSpec, seed: int, mode: str = "free") -> dict[str, Any]:
     """Suggest one trial's values from ``space`` and return its full derived config."""
     if mode == "stratified":
         all_cells = cells(space, seed)
@@ -107,7 +106,7 @@ def suggest(trial: "optuna.Trial", space: "SpaceSpec", seed: int, mode: str = "f
     return hp.as_config()
 
 
-def tied_space(space: "SpaceSpec", seed: int, mode: str = "free") -> Callable[["optuna.Trial"], dict[str, Any]]:
+def tied_space(space: SpaceSpec, seed: int, mode: str = "free") -> Callable[["optuna.Trial"], dict[str, Any]]:
     """The define-by-run function ``OptunaSearch(space=...)`` takes.
 
     A ``functools.partial`` of a module-level function, so Tune can pickle the searcher
@@ -118,7 +117,7 @@ def tied_space(space: "SpaceSpec", seed: int, mode: str = "free") -> Callable[["
     return functools.partial(suggest, space=space, seed=seed, mode=mode)
 
 
-def grid_points(space: "SpaceSpec") -> dict[str, list[Any]]:
+def grid_points(space: SpaceSpec) -> dict[str, list[Any]]:
     """The grid for ``optuna.samplers.GridSampler``: every suggested name with its values.
 
     ``lr_step`` indexes each optimizer's ``grid_points`` log-spaced LRs per sample (the spec
@@ -136,7 +135,3 @@ def grid_points(space: "SpaceSpec") -> dict[str, list[Any]]:
     if space.seeds:
         grid["seed"] = list(space.seeds)
     return grid
-
-
-def grid_size(space: "SpaceSpec") -> int:
-    return int(np.prod([len(v) for v in grid_points(space).values()]))

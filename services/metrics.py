@@ -1,8 +1,13 @@
 """Reserved metric, param and tag names: the public contract users see in Tune and MLflow.
 
-Defined once here; nothing else spells them. Losses are per sample whatever the
-reduction, and MLflow steps are samples seen, so runs of different batch sizes overlay.
+Defined once here; the hyperparameter names are the fields of ``TrialHParams``. Losses are
+per sample whatever the reduction, and MLflow steps are samples seen, so runs of different
+batch sizes overlay.
 """
+
+from typing import Any, Mapping
+
+from search_spaces.scaling import PARAM_NAMES
 
 TRAIN_LOSS = "train/loss_per_sample"
 """Mean per-sample training loss over the samples of the last reporting interval."""
@@ -42,6 +47,13 @@ end: replayed from MLflow to Tune's searcher and scheduler, not trained again or
 NODE_ID = "node_id"
 """The Ray node a trial ran on (reported with each result; a tag in MLflow, not a metric)."""
 
+
+def stopped_early(last_result: Mapping[str, Any], budget_samples: int) -> bool:
+    """Whether a trial that ended without error was stopped by ASHA: its last result neither
+    diverged nor reached the sample budget."""
+    return not last_result.get(DIVERGED) and last_result.get(SAMPLES_SEEN, 0) < budget_samples
+
+
 OBJECTIVE = VAL_LOSS
 MODE = "min"
 
@@ -62,23 +74,9 @@ REPORTED = (
 )
 """Every metric a trial reports; the tracker logs these and nothing Tune adds."""
 
-PARAMS = (
-    "batch_size",
-    "lr",
-    "lr_per_sample",
-    "reduction",
-    "optimizer",
-    "rule",
-    "k",
-    "weight_decay",
-    "decoupled_decay",
-    "momentum",
-    "eps",
-    "seed",
-    "schedule",
-    "workload",
-)
-"""Params of each trial's MLflow run."""
+PARAMS = PARAM_NAMES + ("workload",)
+"""Params of each trial's MLflow run: the hyperparameters (their one schema is
+:class:`search_spaces.scaling.TrialHParams`) and the workload."""
 
 # Tags on MLflow runs.
 TAG_SWEEP = "samplewise.sweep"

@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+from services import processes
 
 
 def project_dir() -> Path:
@@ -22,10 +25,32 @@ def state_dir() -> Path:
     return project_dir() / ".samplewise"
 
 
-def _local_service(name: str) -> dict | None:
-    from services import local  # the services started by `make up`, if they run
+def services_record() -> Path:
+    """Where ``make up`` records what it started (pids, start times, addresses, logs)."""
+    return state_dir() / "services.json"
 
-    return local.running().get(name)
+
+def read_services() -> dict:
+    """The record of ``make up``, as written (its processes may have ended since)."""
+    try:
+        return json.loads(services_record().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def running_services() -> dict:
+    """The recorded services whose processes still run: {'mlflow': {...}, 'ray': {...}}."""
+    return {name: svc for name, svc in read_services().items() if isinstance(svc, dict) and processes.ours(svc)}
+
+
+def _local_service(name: str) -> dict | None:
+    return running_services().get(name)
+
+
+def ray_needs_token(address: str | None) -> bool:
+    """Whether ``address`` is the Ray head ``make up`` started: it requires Ray's token auth."""
+    head = _local_service("ray")
+    return bool(head) and address == head["address"]
 
 
 def tracking_uri() -> str:

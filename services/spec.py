@@ -9,30 +9,17 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from search_spaces.scaling import DEFAULT_RULE
-from search_spaces.tied import grid_lrs, grid_size
+from search_spaces.schedules import Schedule
+from search_spaces.space import MAX_BATCH, MAX_SAMPLES, MAX_SEED, SpaceSpec
+from search_spaces.space import FrozenModel as _Frozen
 from services.errors import SpecError
 
-Optimizer = Literal["sgd", "momentum", "adam", "adamw"]
-Reduction = Literal["mean", "sum"]
-Rule = Literal["linear", "sqrt", "none"]
-
-
 MAX_TRIALS = 1_000_000
-MAX_SAMPLES = 10**15
-MAX_BATCH = 2**31
-MAX_SEED = 2**32 - 1
-"""Bounds that keep every number a spec can hold within what Ray, Optuna, torch and numpy accept
-(numpy seeds are 32-bit) and what one machine can plan for."""
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
 
 class WorkloadSpec(_Frozen):
@@ -57,95 +44,6 @@ class SearcherSpec(_Frozen):
     LRs to bracket lr*(B) (the sampler models c per optimizer and batch size). Make
     num_trials a multiple of the cells. False: the sampler also picks the cell, and may
     starve some batch sizes."""
-
-
-class LogRange(_Frozen):
-    low: float = Field(gt=0, allow_inf_nan=False)
-    high: float = Field(gt=0, allow_inf_nan=False)
-    grid_points: int = Field(default=5, ge=1, le=10_000)
-    """Log-spaced values between low and high, both included, for the grid searcher."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "LogRange":
-        if self.low > self.high:
-            raise ValueError(f"low {self.low} is above high {self.high}")
-        return self
-
-
-def _range_kind(value: Any) -> str:
-    """A single range has low/high keys; anything else is a mapping of optimizer to range."""
-    keys = value.keys() if isinstance(value, dict) else dict(value).keys() if isinstance(value, BaseModel) else ()
-    return "range" if not isinstance(value, dict) or {"low", "high", "grid_points"} & set(keys) else "per_optimizer"
-
-
-LrRanges = Annotated[
-    Union[Annotated[LogRange, Tag("range")], Annotated[dict[Optimizer, LogRange], Tag("per_optimizer")]],
-    Discriminator(_range_kind),
-]
-
-
-class WeightDecaySpec(_Frozen):
-    value: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    """Weight decay for the mean-reduced loss; coupled decay under sum is scaled by B."""
-    mode: Literal["coupled", "decoupled"] = "coupled"
-    """coupled: L2 added to the gradient (torch weight_decay); decoupled: p *= 1 - lr*wd.
-    AdamW always decays decoupled, whatever this says."""
-
-
-class SpaceSpec(_Frozen):
-    batch_sizes: list[int] = Field(min_length=1, max_length=1000)
-    """Batch sizes to sweep; powers of two make the log-log fits evenly spaced."""
-    lr_per_sample: LrRanges
-    """Range of the rule constant c (lr = c * B**k under mean reduction), searched in log: one
-    range for every optimizer, or one per optimizer (``{sgd: {low, high}, adam: {...}}``):
-    SGD's and Adam's constants differ by well over an order of magnitude."""
-    reductions: list[Reduction] = Field(default=["mean"], min_length=1)
-    optimizers: list[Optimizer] = Field(default=["sgd"], min_length=1)
-    rules: dict[Optimizer, Rule] = {}
-    """Scaling rule per optimizer; default linear for SGD/momentum, sqrt for Adam/AdamW."""
-    momentum: float = Field(default=0.9, ge=0, lt=1, allow_inf_nan=False)
-    """Momentum of the ``momentum`` optimizer (plain ``sgd`` uses none)."""
-    eps: float = Field(default=1e-8, gt=0, allow_inf_nan=False)
-    """Adam eps for the mean-reduced loss (scaled by B under sum to stay equivalent)."""
-    weight_decay: WeightDecaySpec = WeightDecaySpec()
-    schedules: list[Literal["constant", "lr_decay", "batch_growth"]] = Field(default=["constant"], min_length=1)
-    """Batch-size / LR schedules to compare (settings in the ``schedule`` section); the batch
-    sizes above are the starting ones."""
-    seeds: Optional[list[int]] = Field(default=None, min_length=1, max_length=10_000)
-    """Training seeds to sweep over (init and data order); default the searcher's seed."""
-
-    @model_validator(mode="after")
-    def _check(self) -> "SpaceSpec":
-        for field in ("batch_sizes", "reductions", "optimizers", "schedules", "seeds"):
-            values = getattr(self, field) or []
-            if len(set(values)) != len(values):
-                raise ValueError(f"{field}: duplicate values in {values}")
-        for i, b in enumerate(self.batch_sizes):
-            if not 1 <= b <= MAX_BATCH:
-                raise ValueError(f"batch_sizes.{i}: must be between 1 and {MAX_BATCH}, got {b}")
-        for i, seed in enumerate(self.seeds or []):
-            if not 0 <= seed <= MAX_SEED:
-                raise ValueError(f"seeds.{i}: must be between 0 and {MAX_SEED}, got {seed}")
-        if isinstance(self.lr_per_sample, dict):
-            missing = [o for o in self.optimizers if o not in self.lr_per_sample]
-            if missing:
-                raise ValueError(
-                    f"lr_per_sample: no range for optimizer {missing[0]} (ranges given for "
-                    f"{sorted(self.lr_per_sample)})"
-                )
-        return self
-
-    def rule_for(self, optimizer: str) -> str:
-        return self.rules.get(optimizer, DEFAULT_RULE[optimizer])
-
-    def lr_ranges(self) -> dict[str, tuple[float, float]]:
-        """(low, high) of the LR per sample searched for each optimizer of the sweep."""
-        return {o: (self.lr_range(o).low, self.lr_range(o).high) for o in self.optimizers}
-
-    def lr_range(self, optimizer: str) -> LogRange:
-        """The LR-per-sample range searched for ``optimizer``."""
-        ranges = self.lr_per_sample
-        return ranges[optimizer] if isinstance(ranges, dict) else ranges
 
 
 DEFAULT_MAX_REPORTS = 20
@@ -185,26 +83,6 @@ class AshaSpec(_Frozen):
     grace_period_samples: Optional[int] = Field(default=None, ge=1, le=MAX_SAMPLES)
     """Samples every trial trains before it can be stopped; default one report interval."""
     reduction_factor: float = Field(default=3.0, gt=1, allow_inf_nan=False, le=1000)
-
-
-class ScheduleSpec(_Frozen):
-    factor: float = Field(default=5.0, gt=1, allow_inf_nan=False, le=1e6)
-    """Each event divides the LR (lr_decay) or multiplies the batch size (batch_growth) by this."""
-    milestones: list[float] = Field(default=[0.5, 0.75, 0.9], min_length=1, max_length=100)
-    """Fractions of the sample budget at which events happen."""
-    patience: Optional[int] = Field(default=None, ge=1, le=1_000_000)
-    """Instead of milestones: an event after this many evaluations without improvement."""
-    warmup_samples: int = Field(default=0, ge=0, le=MAX_SAMPLES)
-    """Linear LR warmup, in samples, for every schedule."""
-    batch_cap: Optional[int] = Field(default=None, ge=1, le=MAX_BATCH)
-    """Largest batch size batch_growth reaches before it decays the LR; default N/10."""
-
-    @model_validator(mode="after")
-    def _fractions(self) -> "ScheduleSpec":
-        for i, f in enumerate(self.milestones):
-            if not 0 < f < 1:
-                raise ValueError(f"milestones.{i}: must lie strictly between 0 and 1, got {f}")
-        return self
 
 
 class NoiseSpec(_Frozen):
@@ -252,30 +130,22 @@ class SweepSpec(_Frozen):
     space: SpaceSpec
     budget: BudgetSpec
     asha: AshaSpec = AshaSpec()
-    schedule: ScheduleSpec = ScheduleSpec()
+    schedule: Schedule = Schedule()
     noise: NoiseSpec = NoiseSpec()
     failures: FailureSpec = FailureSpec()
     resources: ResourcesSpec = ResourcesSpec()
 
     @model_validator(mode="after")
     def _trials(self) -> "SweepSpec":
-        cells = (
-            len(self.space.batch_sizes)
-            * len(self.space.reductions)
-            * len(self.space.optimizers)
-            * len(self.space.schedules)
-            * len(self.space.seeds or [0])
-        )
-        points = max(self.space.lr_range(o).grid_points for o in self.space.optimizers)
-        if self.searcher.kind == "grid" and cells * points > MAX_TRIALS:
-            raise ValueError(f"space: a grid of {cells * points} points; at most {MAX_TRIALS} trials")
         if self.searcher.kind == "grid":
-            counts = {o: len(grid_lrs(self.space, o)) for o in self.space.optimizers}
+            counts = {o: self.space.lr_range(o).count for o in self.space.optimizers}
             if len(set(counts.values())) > 1:
                 raise ValueError(
                     f"space.lr_per_sample: a grid search needs the same grid_points for every optimizer, got {counts}"
                 )
-            size = grid_size(self.space)
+            size = self.space.grid_size()
+            if size > MAX_TRIALS:
+                raise ValueError(f"space: a grid of {size} points; at most {MAX_TRIALS} trials")
             if self.searcher.num_trials is not None and self.searcher.num_trials > size:
                 raise ValueError(f"searcher.num_trials: {self.searcher.num_trials} exceeds the grid's {size} points")
         elif self.searcher.num_trials is None:
@@ -286,7 +156,7 @@ class SweepSpec(_Frozen):
     def num_trials(self) -> int:
         if self.searcher.num_trials is not None:
             return self.searcher.num_trials
-        return grid_size(self.space)
+        return self.space.grid_size()
 
 
 def _one_line(err: ValidationError) -> str:

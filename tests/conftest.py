@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services import cli
+from services.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"

@@ -1,6 +1,6 @@
 """Workloads a user would plug in as package.module:function, for the tests."""
 
-from services.workloads import Workload, digits_mlp
+from services.training.workloads import Workload, digits_mlp
 
 
 def broken_model(hidden: int = 8) -> Workload:

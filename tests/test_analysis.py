@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from search_spaces.scaling import derive
-from services.analysis import TrialRecord, format_table, summarize
+from services.results.analysis import TrialRecord, format_table, summarize
 
 BATCHES = (8, 16, 32, 64, 128, 256)
 GRID = np.geomspace(1e-4, 1e-1, 13)
@@ -35,17 +35,10 @@ def records(reduction="mean", seeds=(0,), cliff_at_chance=False):
                         run_id=f"{reduction}-{seed}-{b}-{c:.3g}",
                         trial_id=f"t{len(out)}",
                         status="FINISHED",
-                        optimizer="sgd",
-                        reduction=reduction,
-                        rule="linear",
-                        k=hp.k,
-                        batch_size=b,
-                        lr=hp.lr,
-                        lr_per_sample=float(c),
+                        hp=hp,
                         val_loss=float(loss),
                         samples_seen=1000,
                         diverged=diverged,
-                        seed=seed,
                         initial_loss=2.31,
                         b_simple=500.0,
                     )

@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 import yaml
 
-from services import cli
+from services.cli import main as cli
 from tests.conftest import spec_dict
 
 VALID = yaml.safe_dump(spec_dict())

@@ -4,7 +4,7 @@ Never a timed assertion: the figures of a quick run on a shared machine mean not
 
 import pytest
 
-from services import cli
+from services.cli import main as cli
 
 pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
 

@@ -12,7 +12,7 @@ from tests.conftest import ROOT, spec_dict
 
 def run_cli(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *map(str, args)],
+        [sys.executable, "-m", "services.cli.main", *map(str, args)],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -51,7 +51,7 @@ def test_validate_accepts_the_quickstart(tmp_path):
 def test_every_subcommand_has_help(capsys):
     import argparse
 
-    from services import cli
+    from services.cli import main as cli
 
     parser = cli.build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from services.fit import PowerLaw, fit_power_law, optimal_lr, rule_constant, valid_range, verdict
-from services.laws import choose_law, fit_laws
+from services.results.fit import PowerLaw, fit_power_law, optimal_lr, rule_constant, valid_range, verdict
+from services.results.laws import choose_law, fit_laws
 
 BATCHES = (8, 16, 32, 64, 128, 256, 512)
 

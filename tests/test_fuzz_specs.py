@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services import cli
+from services.cli import main as cli
 from tests.conftest import spec_dict
 
 EXAMPLES = 600

@@ -2,8 +2,8 @@
 
 import torch
 
-from services.noise import NoiseScale, grad_sq_norm
-from services.workloads import Workload
+from services.training.noise import NoiseScale, grad_sq_norm
+from services.training.workloads import Workload
 
 
 def _linear_workload(n=4096, d=8, seed=0):

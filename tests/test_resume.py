@@ -12,9 +12,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from search_spaces.scaling import config_key
 from services import metrics as m
-from services.reaper import descendants
-from services.store import trial_key
+from services.orchestration.reaper import descendants
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
@@ -41,7 +41,7 @@ def _cli(*args, cwd, log, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "services.cli.main", *args],
         cwd=cwd,
         env=env,
         stdout=open(log, "w"),
@@ -99,7 +99,7 @@ def _resume_and_check(tmp_path, client, uri, spec, finished_before):
     after = _children(client, experiment.experiment_id)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in after), "a run was left RUNNING"
     done = [r for r in after if r.info.status == "FINISHED"]
-    keys = [trial_key(r.data.params) for r in done]
+    keys = [config_key(r.data.params) for r in done]
     assert len(done) == spec["searcher"]["num_trials"], f"{len(done)} FINISHED runs for {NUM_TRIALS} trials"
     assert len(set(keys)) == len(keys), "a configuration was trained (and counted) twice"
     # finished runs were kept, not run again
@@ -113,7 +113,7 @@ def _resume_and_check(tmp_path, client, uri, spec, finished_before):
 
 
 def _report_steps(batch_size, n_train=1078, interval=2000):
-    """The sample counts at which an uninterrupted trial reports (services.train.run_trial)."""
+    """The sample counts at which an uninterrupted trial reports (services.training.train.run_trial)."""
     total, samples, next_report, steps = math.ceil(SPEC["budget"]["epochs"] * n_train), 0, interval, []
     while samples < total:
         samples += batch_size

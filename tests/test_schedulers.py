@@ -5,7 +5,7 @@ from types import SimpleNamespace
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from services import metrics as m
-from services.schedulers import GroupedASHA
+from services.orchestration.schedulers import GroupedASHA
 
 
 def _trial(i, optimizer, batch_size=32):

@@ -5,8 +5,8 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services import cli
 from services import metrics as m
+from services.cli import main as cli
 from services.spec import parse_spec
 from tests.conftest import spec_dict
 

@@ -50,7 +50,7 @@ def cli(*args, home, timeout=300, env_extra=None):
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *map(str, args)],
+        [sys.executable, "-m", "services.cli.main", *map(str, args)],
         cwd=home,
         env=env,
         capture_output=True,
@@ -142,7 +142,7 @@ def _sweep_in_background(home, name, spec):
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "sweep", f"{name}.yaml"],
+        [sys.executable, "-m", "services.cli.main", "sweep", f"{name}.yaml"],
         cwd=home,
         env=env,
         stdout=subprocess.PIPE,
@@ -262,7 +262,8 @@ def test_down_and_status_leave_a_process_that_reuses_a_recorded_pid_alone(tmp_pa
 
 def test_down_stops_the_group_of_a_leader_that_died(tmp_path, monkeypatch):
     """MLflow's leader killed, its workers still hold the port: status says so, down stops them."""
-    from services import local
+    from services import processes
+    from services.ops import local
 
     monkeypatch.setenv("SAMPLEWISE_HOME", str(tmp_path))
     proc = local._spawn(["sh", "-c", "sleep 300 & sleep 300 & wait"], tmp_path / "group.log")
@@ -279,7 +280,7 @@ def test_down_stops_the_group_of_a_leader_that_died(tmp_path, monkeypatch):
         }
     )
     time.sleep(0.5)
-    workers = local._group_alive(proc["pid"])
+    workers = processes.group_alive(proc["pid"])
     assert len(workers) == 3
     os.kill(proc["pid"], signal.SIGKILL)
     os.waitpid(proc["pid"], 0)
@@ -288,4 +289,4 @@ def test_down_stops_the_group_of_a_leader_that_died(tmp_path, monkeypatch):
     assert oct(os.stat(tmp_path / ".samplewise" / "services.json").st_mode & 0o777) == "0o600"
     down = cli("down", home=tmp_path)
     assert down.returncode == 0 and "what was left" in down.stdout, down.stdout
-    assert not local._group_alive(proc["pid"])
+    assert not processes.group_alive(proc["pid"])

@@ -8,14 +8,14 @@ import sys
 import pytest
 import yaml
 
-from services import cli
+from services.cli import main as cli
 from tests.conftest import ROOT, spec_dict
 
 pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
 
 OPEN_AND_WRITE = """
 import sys
-from services import store
+from services.tracking import store
 client = store.client_for(sys.argv[1], create=True)
 store.ensure_experiment(client, "exp-" + sys.argv[2])
 """
@@ -60,7 +60,7 @@ def test_two_sweeps_started_at_once_on_a_new_store(tmp_path):
     env.pop("RAY_ADDRESS", None)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "sweep", f"{name}.yaml"],
+            [sys.executable, "-m", "services.cli.main", "sweep", f"{name}.yaml"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,

@@ -5,9 +5,9 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services import cli
 from services import metrics as m
-from services.runner import make_searcher
+from services.cli import main as cli
+from services.orchestration.runner import make_searcher
 from services.spec import load_spec
 from tests.conftest import SWEEPS
 
@@ -151,7 +151,7 @@ def test_lr_lookup_from_the_export(smoke_sweep, capsys):
 
 
 def test_failing_trials_are_failed_runs_and_the_sweep_finishes(tmp_path, ray_session, monkeypatch, capsys):
-    from services.runner import run_sweep
+    from services.orchestration.runner import run_sweep
     from services.spec import parse_spec
     from tests.conftest import spec_dict
 

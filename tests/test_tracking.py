@@ -7,13 +7,14 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search_spaces.scaling import derive
 from services import metrics as m
 from services.errors import TrackingError
 from services.spec import load_spec
-from services.tracking import PARENT_TAG, MlflowTracker
+from services.tracking.callback import PARENT_TAG, MlflowTracker
 from tests.conftest import SWEEPS
 
-CONFIG = {"optimizer": "sgd", "reduction": "mean", "batch_size": 32, "lr": 0.032, "lr_per_sample": 1e-3}
+CONFIG = derive(batch_size=32, reduction="mean", optimizer="sgd", lr_per_sample=1e-3).as_config()
 
 
 def _tracker(uri: str, ray_run: str) -> MlflowTracker:

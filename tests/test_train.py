@@ -8,8 +8,8 @@ import torch
 
 from search_spaces import derive
 from services import metrics as m
-from services.train import Budget, make_optimizer, run_trial, train_step
-from services.workloads import digits_mlp
+from services.training.train import Budget, make_optimizer, run_trial, train_step
+from services.training.workloads import digits_mlp
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ def _children(client, outcome):
 
 @pytest.mark.parametrize("in_c", [True, False], ids=["stuck-in-C", "stuck-in-Python"])
 def test_a_hanging_trial_fails_with_timed_out_after_n_s(in_c, tmp_path, ray_session, monkeypatch):
-    from services.runner import run_sweep
+    from services.orchestration.runner import run_sweep
 
     monkeypatch.chdir(tmp_path)
     spec = parse_spec(
@@ -47,7 +47,7 @@ def test_a_hanging_trial_fails_with_timed_out_after_n_s(in_c, tmp_path, ray_sess
 
 
 def test_a_nan_initial_loss_reports_a_finite_objective(tmp_path, ray_session, monkeypatch):
-    from services.runner import run_sweep
+    from services.orchestration.runner import run_sweep
 
     monkeypatch.chdir(tmp_path)
     spec = parse_spec(
@@ -95,7 +95,7 @@ def test_a_trial_killed_by_rays_memory_monitor_fails_and_the_sweep_goes_on(tmp_p
     env.pop("RAY_ADDRESS", None)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "sweep", "oom.yaml", "--tracking-uri", uri],
+        [sys.executable, "-m", "services.cli.main", "sweep", "oom.yaml", "--tracking-uri", uri],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -3,8 +3,8 @@ run and its child runs (skipped where Chromium is not installed)."""
 
 import pytest
 
-from services import cli
-from services.ui_check import browser_paths
+from services.cli import main as cli
+from services.ops.ui_check import browser_paths
 from tests.conftest import SWEEPS
 
 pytestmark = [

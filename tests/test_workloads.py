@@ -7,9 +7,9 @@ from torch import nn
 from search_spaces.scaling import derive
 from services import metrics as m
 from services.errors import SpecError
-from services.noise import NoiseScale
-from services.train import Budget, run_trial
-from services.workloads import Workload, check, digits_mlp, mnist1d_mlp
+from services.training.noise import NoiseScale
+from services.training.train import Budget, run_trial
+from services.training.workloads import Workload, check, digits_mlp, mnist1d_mlp
 
 
 def test_a_loss_that_is_not_per_sample_is_rejected_naming_loss_fn():

@@ -1,4 +1,4 @@
-"""Ordered writes on one background thread, for the MLflow tracker (:mod:`services.tracking`)."""
+"""Ordered writes on one background thread, for the MLflow tracker (:mod:`services.tracking.callback`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Writer:
     """Runs MLflow writes in order on one background thread, so Tune's event loop (and with it
     every trial waiting on its report) never waits on the tracking store.
 
-    Writes may stage data instead of writing it (see :meth:`services.tracking.MlflowTracker._write_result`);
+    Writes may stage data instead of writing it (see :meth:`services.tracking.runs.SweepRuns.result`);
     ``flush_staged`` writes what is staged once it is ``linger_s`` old. Each store write is a
     transaction and, in the driver, holds the GIL that Tune's loop needs, so fast-reporting
     trials get one ``log_batch`` per run per ``linger_s`` rather than one per report.

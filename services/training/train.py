@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import math
 import os
 import resource
@@ -25,11 +24,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from search_spaces.scaling import TrialHParams
-from search_spaces.schedules import Schedule, batch_and_lr, noise_scale, optimizer_settings
+from search_spaces.scaling import TrialHParams, config_key, noise_scale
+from search_spaces.schedules import Schedule, batch_and_lr
 from services import metrics as m
-from services.noise import NoiseScale
-from services.workloads import Workload
+from services.training.noise import NoiseScale
+from services.training.workloads import Workload
 
 STATE_FILE = "trial_state.pt"
 TIMED_OUT_FILE = "samplewise_timed_out"
@@ -198,7 +197,7 @@ def run_trial(
     optimizer = make_optimizer(model, hp)
     order = torch.Generator(device="cpu").manual_seed(hp.seed)
     n, total = workload.n_train, budget.total_samples
-    schedule = dataclasses.replace(budget.schedule, kind=hp.schedule)
+    schedule = budget.schedule
     noise = NoiseScale(*budget.noise_batches, seed=hp.seed) if budget.noise_batches else None
 
     perm = torch.empty(0, dtype=torch.long, device=device)
@@ -221,7 +220,7 @@ def run_trial(
     next_report = (samples // budget.interval_samples + 1) * budget.interval_samples
 
     # a constant schedule without warmup never changes: ask it once, not on every step
-    static = schedule.kind == "constant" and not schedule.warmup_samples
+    static = hp.schedule == "constant" and not schedule.warmup_samples
     current = None
     xs = ys = xs_perm = None
     running = torch.zeros((), device=device)
@@ -229,10 +228,10 @@ def run_trial(
     last: dict = {}
     while samples < total:
         if current is None or not static:
-            bs, scale = batch_and_lr(schedule, hp.batch_size, n, samples, total, history)
+            bs, scale = batch_and_lr(schedule, hp.schedule, hp.batch_size, n, samples, total, history)
             bs = min(bs, n)
         if (bs, scale) != current:
-            _apply(optimizer, hp, optimizer_settings(hp, bs, scale))
+            _apply(optimizer, hp, hp.settings(bs, scale))
             current = (bs, scale)
         if pos + bs > n:
             perm = torch.randperm(n, generator=order).to(device)
@@ -259,7 +258,7 @@ def run_trial(
             m.UPDATES: updates,
             m.LR: optimizer.param_groups[0]["lr"],
             m.BATCH_SIZE: bs,
-            m.NOISE_G: noise_scale(hp, bs, scale, n),
+            m.NOISE_G: noise_scale(hp, optimizer.param_groups[0]["lr"], bs, n),
             m.DIVERGED: float(diverged),
             m.SAMPLES_PER_S: interval_samples / max(elapsed, 1e-9),
             m.MAX_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -289,18 +288,6 @@ def run_trial(
     return last
 
 
-def schedule_of(spec) -> Schedule:
-    """The spec's schedule settings (the kind comes from each trial's config)."""
-    sched = spec.schedule
-    return Schedule(
-        factor=sched.factor,
-        milestones=tuple(sched.milestones),
-        patience=sched.patience,
-        warmup_samples=sched.warmup_samples,
-        batch_cap=sched.batch_cap,
-    )
-
-
 def budget_of(spec, n_train: int) -> Budget:
     """The spec's budget, reporting interval, noise-scale and schedule settings for one trial."""
     return Budget(
@@ -308,7 +295,7 @@ def budget_of(spec, n_train: int) -> Budget:
         interval_samples=spec.budget.interval_samples(n_train),
         divergence_factor=spec.budget.divergence_factor,
         noise_batches=(spec.noise.small_batch, spec.noise.large_batch) if spec.noise.enabled else None,
-        schedule=schedule_of(spec),
+        schedule=spec.schedule,
     )
 
 
@@ -323,9 +310,7 @@ def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
     """
     from ray import tune
 
-    from services.store import trial_key
-
-    recorded = (replay or {}).get(trial_key(config))
+    recorded = (replay or {}).get(config_key(config))
     if recorded:
         for result in recorded:
             tune.report(result)
@@ -339,7 +324,7 @@ def _train(config: dict, spec) -> None:
     import ray
     from ray import tune
 
-    from services import workloads
+    from services.training import workloads
 
     threads = max(1, int(spec.resources.cpus_per_trial))
     if torch.get_num_threads() != threads:

@@ -17,13 +17,17 @@ from ray.exceptions import RayActorError
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from search_spaces.scaling import TrialHParams
 from search_spaces.tied import grid_points, tied_space
 from services import metrics as m
-from services import paths, store, tracking, workloads
+from services import paths
 from services.errors import ResumeError, SweepInterrupted
-from services.schedulers import GroupedASHA
+from services.orchestration.schedulers import GroupedASHA
 from services.spec import SweepSpec, check_cpus
-from services.train import tune_trainable
+from services.tracking import callback as tracking
+from services.tracking import store
+from services.training import workloads
+from services.training.train import tune_trainable
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ def make_searcher(spec: SweepSpec) -> OptunaSearch:
 
 def make_scheduler(spec: SweepSpec, budget_samples: int, interval_samples: int):
     """ASHA on samples seen, so batch sizes are compared after equal numbers of samples,
-    within each optimizer x reduction (see :mod:`services.schedulers`)."""
+    within each optimizer x reduction (see :mod:`services.orchestration.schedulers`)."""
     if not spec.asha.enabled:
         return FIFOScheduler()
     max_t = budget_samples
@@ -98,13 +102,13 @@ class ProgressPrinter(tune.Callback):
     def _line(self, trials, trial, outcome: str) -> None:
         # counted from Tune's own trial states, so a resumed sweep counts on from where it was
         self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial) + 1
-        c, r = trial.config, trial.last_result or {}
+        hp, r = TrialHParams.from_config(trial.config), trial.last_result or {}
         loss, acc = r.get(m.VAL_LOSS), r.get(m.VAL_ACCURACY)
         metrics_text = (f"val {loss:.4f}" + (f"  acc {acc:.3f}" if acc is not None else "")) if loss is not None else ""
         stream = self.stream or sys.stdout
         stream.write(
-            f"[{self.done:>3}/{self.total}] {c.get('optimizer', '?'):<8} {c.get('reduction', '?'):<4} "
-            f"B={c.get('batch_size', '?'):<5} c={c.get('lr_per_sample', 0):.2e} lr={c.get('lr', 0):.2e}  "
+            f"[{self.done:>3}/{self.total}] {hp.optimizer:<8} {hp.reduction:<4} "
+            f"B={hp.batch_size:<5} c={hp.lr_per_sample:.2e} lr={hp.lr:.2e}  "
             f"{metrics_text}  {outcome}\n"
         )
         stream.flush()
@@ -113,7 +117,7 @@ class ProgressPrinter(tune.Callback):
         r = trial.last_result or {}
         if r.get(m.DIVERGED):
             outcome = "diverged"
-        elif r.get(m.SAMPLES_SEEN, 0) < self.budget_samples:
+        elif m.stopped_early(r, self.budget_samples):
             outcome = f"stopped by ASHA at {r.get(m.SAMPLES_SEEN, 0)} samples"
         else:
             outcome = f"done ({r.get(m.SAMPLES_SEEN, 0)} samples)"
@@ -160,7 +164,7 @@ _reaper = None
 
 
 def shutdown_ray() -> None:
-    """Stop the Ray this driver started (and its reaper, see :mod:`services.reaper`)."""
+    """Stop the Ray this driver started (and its reaper, see :mod:`services.orchestration.reaper`)."""
     global _reaper
     ray.shutdown()
     if _reaper is not None:
@@ -173,14 +177,11 @@ def init_ray(address: str | None) -> bool:
     _memory_kills_fail_trials()
     if ray.is_initialized():
         return False
-    from services import local
-
-    head = local.running().get("ray")
-    if head and address == head["address"]:
+    if paths.ray_needs_token(address):
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # the head `make up` started requires it
     global _reaper
     if address is None:  # our own local Ray: stopped whole even if this driver is killed outright
-        from services.reaper import Reaper
+        from services.orchestration.reaper import Reaper
 
         _reaper = Reaper()
     ray.init(
@@ -322,7 +323,7 @@ def resume_sweep(
     searcher goes on to the spec's trial count. The same MLflow parent run is reused and each
     trial keeps its one child run (the tracker adopts the runs the dead driver created).
     """
-    from services.export import ExportError, find_parent_run
+    from services.results.export import ExportError, find_parent_run
 
     stream = stream or sys.stdout
     uri = tracking_uri or paths.tracking_uri()

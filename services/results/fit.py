@@ -6,7 +6,7 @@
 2. :func:`fit_power_law` fits log lr*(B) = log c + k log B across batch sizes;
    :func:`valid_range` grows that fit from the smallest batch sizes until lr* falls off it;
    :func:`verdict` compares the fitted k with the rule's.
-The laws that bend (saturating, surge) are fitted beside the power law in :mod:`services.laws`.
+The laws that bend (saturating, surge) are fitted beside the power law in :mod:`services.results.laws`.
 
 Every function sorts its input first and seeds its own generator: the same points in any
 order give the same figures.

@@ -21,61 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from services import paths
+from services import paths, processes
 from services.errors import ServiceError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def _record_path() -> Path:
-    return paths.state_dir() / "services.json"
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()
-    except OSError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"  # a zombie (exited, not yet reaped) is not running
-
-
-def start_time(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot): with the pid, names one process for
-    good, since a pid is reused only by a process that starts later."""
-    fields = _stat(pid)
-    return fields[19] if fields else None
-
-
-def ours(record: dict) -> bool:
-    """Whether the process ``record`` names (pid and start time) still runs."""
-    return _alive(record["pid"]) and start_time(record["pid"]) == record.get("start")
-
-
-def leftovers(record: dict) -> list[int]:
-    """Live processes of the group a recorded leader started, once the leader itself is gone
-    (MLflow's workers outlive a killed leader and keep its port). A process group id is not
-    reused while any process of the group lives, so these are the leader's."""
-    if _alive(record["pid"]):
-        return []  # the leader runs (ours or, if its pid was reused, someone else's group)
-    return _group_alive(record["pid"])
-
-
-def read_record() -> dict:
-    try:
-        return json.loads(_record_path().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def running() -> dict:
-    """The recorded services whose processes still run: {'mlflow': {...}, 'ray': {...}}."""
-    return {name: svc for name, svc in read_record().items() if isinstance(svc, dict) and ours(svc)}
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -91,7 +40,7 @@ def _port_free(host: str, port: int) -> bool:
 def _wait(check, what: str, pid: int, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not processes.alive(pid):
             tail = log.read_text()[-400:].strip().splitlines()[-1:] if log.exists() else []
             raise ServiceError(f"{what} exited while starting: {tail[0] if tail else 'see ' + str(log)}")
         if check():
@@ -109,7 +58,7 @@ def _spawn(cmd: list[str], log: Path, env: Optional[dict] = None) -> dict:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )  # own group: down stops all of it
-    return {"pid": proc.pid, "start": start_time(proc.pid)}
+    return {"pid": proc.pid, "start": processes.start_time(proc.pid)}
 
 
 def _http_ok(url: str) -> bool:
@@ -166,11 +115,11 @@ def up(
 ) -> dict:
     """Start the MLflow server and the Ray head (whichever is not already running)."""
     state = paths.state_dir()
-    current = running()
+    current = paths.running_services()
     record = dict(current)
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     if "mlflow" not in current:
-        _clear_leftovers(read_record().get("mlflow"))
+        _clear_leftovers(paths.read_services().get("mlflow"))
         if not _port_free(host, mlflow_port):
             raise ServiceError(f"port {host}:{mlflow_port} is taken; choose another with MLFLOW_PORT=...")
         server = state / "server"
@@ -208,7 +157,7 @@ def up(
         _save(record)
         _wait(lambda: _http_ok(f"{url}/health"), "the MLflow server", pid, log, timeout_s)
     if "ray" not in current:
-        _clear_leftovers(read_record().get("ray"))
+        _clear_leftovers(paths.read_services().get("ray"))
         if not _port_free(host, ray_port):
             raise ServiceError(f"port {host}:{ray_port} is taken; choose another with RAY_PORT=...")
         log = state / "logs" / "ray-head.log"
@@ -256,7 +205,7 @@ def private_ray_token() -> Path:
 
 def _clear_leftovers(record: dict | None) -> None:
     """Stop what is left of a recorded service whose leader died (it may hold the port)."""
-    if isinstance(record, dict) and leftovers(record):
+    if isinstance(record, dict) and processes.leftovers(record):
         _stop_group(record["pid"])
 
 
@@ -272,21 +221,7 @@ def write_private(path: Path, text: str) -> None:
 
 
 def _save(record: dict) -> None:
-    write_private(_record_path(), json.dumps(record, indent=2))
-
-
-def _group_alive(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().split(")")[-1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
+    write_private(paths.services_record(), json.dumps(record, indent=2))
 
 
 def _stop_group(pid: int) -> None:
@@ -302,7 +237,7 @@ def _stop_group(pid: int) -> None:
             send()
         except ProcessLookupError:
             pass
-        done = (lambda: not _alive(pid)) if i == 0 else (lambda: not _group_alive(pid))
+        done = (lambda: not processes.alive(pid)) if i == 0 else (lambda: not processes.group_alive(pid))
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and not done():
             try:  # reap it if it is our own child (up and down called in one process)
@@ -310,7 +245,7 @@ def _stop_group(pid: int) -> None:
             except ChildProcessError:
                 pass
             time.sleep(0.1)
-        if not _group_alive(pid):
+        if not processes.group_alive(pid):
             return
 
 
@@ -326,16 +261,16 @@ def down(driver_grace_s: float = 60.0) -> list[str]:
     stopped = [
         f"sweep {s['sweep']} (pid {s['pid']})" for s in sweeps(active_only=True) if stop_driver(s, driver_grace_s)
     ]
-    for name, svc in read_record().items():
+    for name, svc in paths.read_services().items():
         if not isinstance(svc, dict):
             continue
-        if ours(svc):
+        if processes.ours(svc):
             _stop_group(svc["pid"])
             stopped.append(f"{name} (pid {svc['pid']})")
-        elif leftovers(svc):
+        elif processes.leftovers(svc):
             _stop_group(svc["pid"])
             stopped.append(f"{name} (what was left of pid {svc['pid']}'s group)")
-    _record_path().unlink(missing_ok=True)
+    paths.services_record().unlink(missing_ok=True)
     return stopped
 
 
@@ -343,16 +278,17 @@ def stop_driver(record: dict, grace_s: float) -> bool:
     """SIGTERM a detached driver (it stops like Ctrl-C: Tune saves its state, the parent run is
     marked KILLED, ``make resume`` continues); SIGKILL its group if it has not ended in
     ``grace_s``, and mark its sweep's parent run KILLED itself."""
-    if not ours(record):
+    if not processes.ours(record):
         return False
     os.kill(record["pid"], signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _alive(record["pid"]):
+    while time.monotonic() < deadline and processes.alive(record["pid"]):
         time.sleep(0.2)
-    if _alive(record["pid"]):
+    if processes.alive(record["pid"]):
         _stop_group(record["pid"])
         try:
-            from services import export, store
+            from services.results import export
+            from services.tracking import store
 
             client = store.client_for(record["tracking_uri"])
             parent = export.find_parent_run(client, record["sweep"])
@@ -380,7 +316,7 @@ def submit_detached(command: str, spec_path: str, sweep: str, num_trials: int, s
         "RAY_ADDRESS": services["ray"]["address"],
         "RAY_AUTH_MODE": "token",
     }
-    proc = _spawn([sys.executable, "-m", "services.cli", command, spec_path, "--foreground"], log, env)
+    proc = _spawn([sys.executable, "-m", "services.cli.main", command, spec_path, "--foreground"], log, env)
     record = {
         **proc,
         "sweep": sweep,
@@ -403,7 +339,7 @@ def sweeps(active_only: bool = False) -> list[dict]:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        record["alive"] = ours(record)
+        record["alive"] = processes.ours(record)
         if record["alive"] or not active_only:
             out.append(record)
     return sorted(out, key=lambda r: r["started"], reverse=True)
@@ -417,7 +353,7 @@ def follow(log: Path, pid: int, out=sys.stdout, poll_s: float = 0.5) -> None:
             if chunk:
                 out.write(chunk)
                 out.flush()
-            elif not _alive(pid):
+            elif not processes.alive(pid):
                 out.write(f.read())
                 return
             else:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from services import paths
+from services import paths, processes
 from services.errors import EXIT_FAILED, EXIT_OK, SpecError
 from services.spec import load_spec
 
@@ -18,11 +18,11 @@ def detach(args, spec) -> int | None:
 
     Returns the driver's exit status, or None to run in this process instead.
     """
-    from services import local
+    from services.ops import local
 
     if args.foreground or args.tracking_uri or args.ray_address:
         return None
-    services = local.running()
+    services = paths.running_services()
     if not {"mlflow", "ray"} <= set(services):
         return None
     record = local.submit_detached(args.command, args.spec, spec.name, spec.num_trials, services)
@@ -42,7 +42,7 @@ def detach(args, spec) -> int | None:
 
 
 def cmd_up(args) -> int:
-    from services import local
+    from services.ops import local
 
     if args.host not in local.LOOPBACK:
         print(
@@ -60,7 +60,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from services import local
+    from services.ops import local
 
     stopped = local.down()
     print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
@@ -68,8 +68,9 @@ def cmd_down(args) -> int:
 
 
 def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
-    from services import export, store
     from services.errors import TrackingError
+    from services.results import export
+    from services.tracking import store
 
     try:  # a server that does not answer must not hold status up: MLflow would retry for minutes
         store.check_store(uri, timeout_s=3, create=False)
@@ -93,18 +94,18 @@ def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
 
 
 def cmd_status(args) -> int:
-    from services import local
+    from services.ops import local
 
-    services = local.running()
-    record = local.read_record()
+    services = paths.running_services()
+    record = paths.read_services()
     for name, label in (("mlflow", "MLflow server"), ("ray", "Ray head")):
         svc = services.get(name)
         if svc:
             where = svc.get("url") or svc.get("address")
             print(f"{label:<14} running  {where}  (pid {svc['pid']})")
-        elif name in record and local.leftovers(record[name]):
+        elif name in record and processes.leftovers(record[name]):
             print(
-                f"{label:<14} broken   (pid {record[name]['pid']} is gone but {len(local.leftovers(record[name]))} "
+                f"{label:<14} broken   (pid {record[name]['pid']} is gone but {len(processes.leftovers(record[name]))} "
                 "processes of its group still run; make down stops them)"
             )
         elif name in record:
@@ -123,7 +124,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from services import local
+    from services.ops import local
 
     spec = load_spec(args.spec)
     records = [r for r in local.sweeps() if r["sweep"] == spec.name]
@@ -151,7 +152,7 @@ def cmd_ui(args) -> int:
             "read and change every run",
             file=sys.stderr,
         )
-    from services.local import ui_command
+    from services.ops.local import ui_command
 
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
     os.execv(sys.executable, ui_command(uri, args.host, args.port))
@@ -160,8 +161,10 @@ def cmd_ui(args) -> int:
 
 def cmd_ui_check(args) -> int:
     spec = load_spec(args.spec)
-    from services import export, local, store
-    from services.ui_check import check_runs_page
+    from services.ops import local
+    from services.ops.ui_check import check_runs_page
+    from services.results import export
+    from services.tracking import store
 
     uri = args.tracking_uri or paths.tracking_uri()
     client = store.client_for(uri)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
-from search_spaces.scaling import ADAPTIVE
-from services.fit import K_TOL, Optimum, PowerLaw, optimal_lr, rule_constant, valid_range, verdict
-from services.laws import LawFit, choose_law, fit_laws, intervals_overlap
+from search_spaces.scaling import ADAPTIVE, PARAM_NAMES, TrialHParams, group_key
+from services.results.fit import K_TOL, Optimum, PowerLaw, optimal_lr, rule_constant, valid_range, verdict
+from services.results.laws import LawFit, choose_law, fit_laws, intervals_overlap
 
 LEARN_FRACTION = 0.1
 """A trial learned when its val loss fell below its initial loss by at least this fraction of
@@ -33,13 +33,8 @@ class TrialRecord:
     run_id: str
     trial_id: str
     status: str  # FINISHED / FAILED / KILLED / RUNNING
-    optimizer: str
-    reduction: str
-    rule: str
-    k: float
-    batch_size: int
-    lr: float
-    lr_per_sample: float
+    hp: TrialHParams
+    """The trial's hyperparameters; ``record.batch_size`` and the like read them through."""
     val_loss: Optional[float] = None
     val_accuracy: Optional[float] = None
     samples_seen: int = 0
@@ -49,8 +44,6 @@ class TrialRecord:
     """Last gradient noise scale the trial measured."""
     error: Optional[str] = None
     """Last line of a failed trial's error."""
-    schedule: str = "constant"
-    seed: int = 0
     updates: int = 0
     wall_s: Optional[float] = None
     """Seconds from the trial's start to its end, as MLflow recorded them."""
@@ -59,8 +52,11 @@ class TrialRecord:
     test_loss: Optional[float] = None
     test_accuracy: Optional[float] = None
     """Held-out test metrics, recorded only for an exported best configuration."""
-    params: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
-    """The run's params as MLflow holds them (strings), to rerun the configuration."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in PARAM_NAMES:  # called only for names the record itself lacks
+            return getattr(self.hp, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def usable(self) -> bool:
@@ -124,7 +120,7 @@ class GroupSummary:
     laws: list[LawFit] = field(default_factory=list)
     """Every law fitted over the interior optima (power, saturating, and surge for Adam)."""
     chosen: Optional[LawFit] = None
-    """The best-supported law (:func:`services.fit.choose_law`)."""
+    """The best-supported law (:func:`services.results.fit.choose_law`)."""
     rule_c: Optional[tuple[float, float, float]] = None
     """(c, lo, hi) of lr = c * B**k with the rule's k, fitted over the rule's regime."""
     answer: Optional[Answer] = None
@@ -349,7 +345,7 @@ def summarize(
     groups: dict[tuple[str, str, str], list[TrialRecord]] = defaultdict(list)
     for record in sorted(records, key=lambda r: (r.run_id, r.trial_id)):  # row order never matters
         if complete(record):
-            groups[(record.optimizer, record.reduction, record.schedule)].append(record)
+            groups[group_key(record)].append(record)
     return [summarize_group(members, (lr_ranges or {}).get(key[0])) for key, members in sorted(groups.items())]
 
 

@@ -16,15 +16,11 @@ from typing import Any, Callable, Mapping
 
 from ray.tune.schedulers import ASHAScheduler
 
-
-def cell(config: Mapping[str, Any]) -> tuple:
-    """The default group: the export's groups (optimizer x reduction x schedule) split by batch
-    size, where the analysis compares LRs."""
-    return (config.get("optimizer"), config.get("reduction"), config.get("schedule"), config.get("batch_size"))
+from search_spaces.scaling import cell_key
 
 
 class GroupedASHA(ASHAScheduler):
-    def __init__(self, group_key: Callable[[Mapping[str, Any]], Any] = cell, **asha_kwargs):
+    def __init__(self, group_key: Callable[[Mapping[str, Any]], Any] = cell_key, **asha_kwargs):
         super().__init__(**asha_kwargs)
         self._group_key = group_key
         self._empty_brackets = copy.deepcopy(self._brackets)

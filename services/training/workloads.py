@@ -5,7 +5,7 @@ returns a :class:`Workload`: a model factory, train and validation tensors (and 
 held-out test split), and a per-sample loss. Users plug in their own as
 ``package.module:function``. The sweep selects on the validation split, which the built-ins
 carve from their training data; the test split is evaluated once, for an exported best
-configuration (:mod:`services.holdout`).
+configuration (:mod:`services.results.holdout`).
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def _workload_function(name: str) -> Callable[..., Workload]:
     if not (isinstance(returns, type) and issubclass(returns, Workload)):
         raise SpecError(
             f"workload.name: {cut(name)} is not a workload function: give a Python function "
-            "annotated `-> Workload` (from services.workloads)"
+            "annotated `-> Workload` (from services.training.workloads)"
         )
     return fn
 

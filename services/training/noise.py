@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from services.workloads import Workload
+from services.training.workloads import Workload
 
 
 def grad_sq_norm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:

@@ -44,7 +44,7 @@ def _dataloader_loop(workload, hp: TrialHParams, samples: int) -> float:
     """What a user writes: DataLoader over a TensorDataset, mean loss, .item() every step."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from services.train import make_optimizer
+    from services.training.train import make_optimizer
 
     torch.manual_seed(0)
     model = workload.model_fn()
@@ -69,7 +69,7 @@ def _dataloader_loop(workload, hp: TrialHParams, samples: int) -> float:
 def _step_ceiling(workload, hp: TrialHParams, samples: int) -> float:
     """The limit of any eager loop: forward, backward and step on contiguous slices of data
     permuted once, with no metrics, no evaluation and no data handling per step."""
-    from services.train import make_optimizer
+    from services.training.train import make_optimizer
 
     torch.manual_seed(0)
     model = workload.model_fn()
@@ -90,7 +90,7 @@ def _step_ceiling(workload, hp: TrialHParams, samples: int) -> float:
 
 
 def _our_loop(workload, hp: TrialHParams, samples: int) -> float:
-    from services.train import Budget, run_trial
+    from services.training.train import Budget, run_trial
 
     start = time.perf_counter()
     last = run_trial(workload, hp, Budget(samples, samples), lambda r, s: None)
@@ -98,7 +98,7 @@ def _our_loop(workload, hp: TrialHParams, samples: int) -> float:
 
 
 def bench_training_loop(quick: bool) -> Result:
-    from services.workloads import mnist1d_mlp
+    from services.training.workloads import mnist1d_mlp
 
     torch.set_num_threads(1)
     workload = mnist1d_mlp(num_samples=2000 if quick else 5000)
@@ -137,8 +137,8 @@ def bench_training_loop(quick: bool) -> Result:
 
 def _bare_trial(args) -> float:
     spec, config = args
-    from services import workloads
-    from services.train import budget_of, run_trial
+    from services.training import workloads
+    from services.training.train import budget_of, run_trial
 
     torch.set_num_threads(1)
     workload = workloads.load(spec.workload)
@@ -148,7 +148,7 @@ def _bare_trial(args) -> float:
 
 
 def _configs(spec) -> list[dict]:
-    from services.runner import make_searcher
+    from services.orchestration.runner import make_searcher
 
     searcher = make_searcher(spec)
     return [searcher.suggest(f"bench{i}") for i in range(spec.num_trials)]
@@ -182,7 +182,7 @@ def _driver_cpu_s() -> float:
 
 def _timed_sweep(spec, store: Path, uri: str, track: bool) -> tuple[float, float, Any]:
     """(wall seconds, driver CPU seconds, outcome) of one sweep through samplewise."""
-    from services.runner import run_sweep
+    from services.orchestration.runner import run_sweep
 
     wall, cpu = time.perf_counter(), _driver_cpu_s()
     outcome = run_sweep(spec, tracking_uri=uri, stream=_silent_stream(), storage_path=str(store / "ray"), track=track)
@@ -206,7 +206,7 @@ def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result, dict]
     """Ray is running and the MLflow store exists before the clock starts, as on a machine after
     ``make up`` or after its first sweep; what those one-time steps took is in the detail.
     Also runs the same sweep with MLflow off, for the tracking overhead on ~10 s trials."""
-    from services.store import client_for, ensure_experiment
+    from services.tracking.store import client_for, ensure_experiment
 
     trials = 2 if quick else 8
     probe = _spec("bench_probe", 1, 1)
@@ -326,7 +326,7 @@ def _time_to_target(client, outcome, target: float) -> tuple[float, float, bool]
 def bench_search(quick: bool, store: Path) -> Result:
     from mlflow.tracking import MlflowClient
 
-    from services.runner import run_sweep
+    from services.orchestration.runner import run_sweep
 
     uri = f"sqlite:///{store / 'search.db'}"
     client = MlflowClient(uri)
@@ -392,7 +392,7 @@ def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
     measurement, whose trials last a fraction of a second. MLflow's cost is per trial run
     (a ``create_run``, a ``log_batch`` per second, a ``set_terminated``), paid in the driver's
     CPU, so short trials show it most; the goal is judged on ~10 s trials, like orchestration."""
-    from services.store import client_for, ensure_experiment
+    from services.tracking.store import client_for, ensure_experiment
 
     spec = _search_spec("bench_tracking", True, 0, quick)
     uri = f"sqlite:///{store / 'tracking.db'}"
@@ -437,9 +437,9 @@ def bench_export(quick: bool, store: Path) -> Result:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from services.export import export_sweep
+    from services.results.export import export_sweep
     from services.spec import parse_spec
-    from services.store import PARENT_TAG, ensure_experiment, start_parent_run
+    from services.tracking.store import PARENT_TAG, ensure_experiment, start_parent_run
 
     n = 50 if quick else 10_000
     uri = f"sqlite:///{store / 'export.db'}"

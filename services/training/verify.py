@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 
 from search_spaces.scaling import TrialHParams, derive
-from services.train import make_optimizer, train_step
-from services.workloads import Workload, digits_mlp
+from services.training.train import make_optimizer, train_step
+from services.training.workloads import Workload, digits_mlp
 
 TOLERANCE = 1e-6
 """Max relative parameter difference for 'equivalent'; float64 rounding is ~1e-13."""

@@ -1,5 +1,5 @@
 """The ``samplewise`` command line; the make targets call it. The commands for the local
-services (up, down, status, logs, ui, ui-check) live in :mod:`services.cli_local`.
+services (up, down, status, logs, ui, ui-check) live in :mod:`services.cli.local`.
 
 Input problems (bad spec, bad export, bad flag) print one line and exit with status 2
 before anything starts; an unusable tracking store exits with status 1.
@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from services import cli_local, paths
+from services import paths
+from services.cli import local as cli_local
 from services.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SamplewiseError, SpecError
 from services.spec import check_cpus, load_spec
 
@@ -24,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _load_checked(path: str):
     """Load the spec, resolve its workload and check its loss: every input check happens here, up front."""
-    from services import workloads
+    from services.training import workloads
 
     spec = load_spec(path)
     workloads.build(spec.workload)  # builds the data once; the driver reuses it
@@ -40,8 +41,9 @@ def cmd_validate(args) -> int:
 
 
 def _summary(outcome, args, spec) -> int:
-    from services import export, store
-    from services.analysis import format_outcomes, format_table, summarize
+    from services.results import export
+    from services.results.analysis import format_outcomes, format_table, summarize
+    from services.tracking import store
 
     client = store.client_for(outcome.tracking_uri)
     records = export.load_records(client, client.get_run(outcome.parent_run_id))
@@ -76,7 +78,7 @@ def cmd_drive(args) -> int:
     detached = cli_local.detach(args, spec)
     if detached is not None:
         return detached
-    from services import runner
+    from services.orchestration import runner
 
     uri = args.tracking_uri or paths.tracking_uri()
     _sigterm_as_sigint()
@@ -89,7 +91,7 @@ def cmd_drive(args) -> int:
 
 def cmd_export(args) -> int:
     spec = load_spec(args.spec)
-    from services.export import export_sweep
+    from services.results.export import export_sweep
 
     uri = args.tracking_uri or paths.tracking_uri()
     doc, files = export_sweep(
@@ -115,7 +117,8 @@ def cmd_export(args) -> int:
 
 def cmd_compare(args) -> int:
     spec = load_spec(args.spec)
-    from services import compare, export, store
+    from services.results import compare, export
+    from services.tracking import store
 
     uri = args.tracking_uri or paths.tracking_uri()
     client = store.client_for(uri)
@@ -135,7 +138,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_lr(args) -> int:
-    from services.export import lr_lookup, read_export
+    from services.results.export import lr_lookup, read_export
 
     doc = read_export(args.export)
     lr, const, warnings = lr_lookup(doc, args.batch_size, args.optimizer, args.reduction, args.schedule)
@@ -161,7 +164,7 @@ def cmd_lr(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from services.bench import run_bench
+    from services.bench.bench import run_bench
 
     out = Path(args.out or ("BENCHMARKS.md" if not args.quick else paths.state_dir() / "BENCHMARKS-quick.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +177,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from services.verify import format_rows, verify
+    from services.training.verify import format_rows, verify
 
     if args.batch_size < 2 or args.steps < 1:
         raise SpecError(

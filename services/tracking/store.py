@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from search_spaces.scaling import config_key
 from services import metrics as m
 from services.errors import ExportError, TrackingError
 
@@ -25,14 +26,6 @@ SUPERSEDED_WHY = (
     "trained by a driver that died before Ray Tune recorded the trial; the resumed sweep "
     "did not ask for this configuration again"
 )
-
-KEY_PARAMS = tuple(k for k in m.PARAMS if k != "workload")
-
-
-def trial_key(params: Mapping[str, Any]) -> tuple[str, ...]:
-    """What makes two trials the same configuration: their params as MLflow stores them (the
-    ``str`` of each Tune config value), so a Tune config and an MLflow run compare equal."""
-    return tuple(str(params.get(k, "")) for k in KEY_PARAMS)
 
 
 def client_for(tracking_uri: str, create: bool = False) -> "MlflowClient":
@@ -156,7 +149,7 @@ def recorded_results(client: "MlflowClient", experiment_id: str, parent_run_id: 
         final = {k: v for k, v in run.data.metrics.items() if k in m.REPORTED}
         history = sorted((p.step, p.value) for p in client.get_metric_history(run.info.run_id, m.OBJECTIVE))
         results = [{m.SAMPLES_SEEN: step, m.OBJECTIVE: value, m.DIVERGED: 0.0} for step, value in history[:-1]]
-        out.setdefault(trial_key(run.data.params), results + [{**final, m.REPLAYED: 1.0}])
+        out.setdefault(config_key(run.data.params), results + [{**final, m.REPLAYED: 1.0}])
     return out
 
 

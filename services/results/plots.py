@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from services.analysis import GroupSummary, TrialRecord, candidates  # noqa: E402
+from services.results.analysis import GroupSummary, TrialRecord, candidates  # noqa: E402
 
 LOSS_LABEL = "validation loss per sample (nats)"
 PLOTS = ("u_curves", "collapse", "lr_star", "learning_curves")

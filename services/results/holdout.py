@@ -20,7 +20,7 @@ from services import metrics as m
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from services.analysis import TrialRecord
+    from services.results.analysis import TrialRecord
     from services.spec import SweepSpec
 
 REPRODUCED_RTOL = 1e-3
@@ -39,14 +39,13 @@ def rerun_and_test(spec: "SweepSpec", record: "TrialRecord") -> Optional[TestRes
     """Retrain ``record``'s configuration and evaluate it on the test split; None without one."""
     import torch
 
-    from search_spaces.scaling import TrialHParams
-    from services import workloads
-    from services.train import budget_of, evaluate_split, run_trial
+    from services.training import workloads
+    from services.training.train import budget_of, evaluate_split, run_trial
 
     workload = workloads.load(spec.workload)
     if workload.x_test is None or workload.y_test is None:
         return None
-    hp = TrialHParams.from_params(record.params)
+    hp = record.hp
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))  # the trial's own: same sums
     final: dict = {}

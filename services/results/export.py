@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import math
 import time
 from dataclasses import asdict
@@ -27,17 +28,19 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from search_spaces.scaling import ADAPTIVE, lr_for
+from search_spaces.scaling import ADAPTIVE, TrialHParams, batch_exponents, lr_for
 from services import metrics as m
-from services.analysis import GroupSummary, TrialRecord, edge_warning, summarize
 from services.errors import ExportError, SpecError, TrackingError
-from services.fit import CI
-from services.laws import AIC_MARGIN, LawFit
-from services.store import child_runs, client_for
+from services.results.analysis import GroupSummary, TrialRecord, edge_warning, summarize
+from services.results.fit import CI
+from services.results.laws import AIC_MARGIN, LawFit
+from services.tracking.store import child_runs, client_for
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 2
 
@@ -64,18 +67,13 @@ def find_parent_run(client: "MlflowClient", sweep: str, parent_run_id: Optional[
 
 
 def _record(run: "Run") -> TrialRecord:
-    p, mt, tags = run.data.params, run.data.metrics, run.data.tags
+    """A trial run as a record; ValueError if its hyperparameters were never written."""
+    mt, tags = run.data.metrics, run.data.tags
     return TrialRecord(
         run_id=run.info.run_id,
         trial_id=tags.get(m.TAG_TRIAL_ID, ""),
         status=run.info.status,
-        optimizer=p.get("optimizer", "?"),
-        reduction=p.get("reduction", "?"),
-        rule=p.get("rule", "?"),
-        k=float(p.get("k", "nan")),
-        batch_size=int(p.get("batch_size", 0)),
-        lr=float(p.get("lr", "nan")),
-        lr_per_sample=float(p.get("lr_per_sample", "nan")),
+        hp=TrialHParams.from_params(run.data.params),
         val_loss=mt.get(m.VAL_LOSS),
         val_accuracy=mt.get(m.VAL_ACCURACY),
         samples_seen=int(mt.get(m.SAMPLES_SEEN, 0)),
@@ -83,14 +81,11 @@ def _record(run: "Run") -> TrialRecord:
         stopped_early=tags.get(m.TAG_STOPPED_EARLY) == "true",
         b_simple=mt.get(m.B_SIMPLE),
         error=tags.get(m.TAG_ERROR),
-        schedule=p.get("schedule", "constant"),
-        seed=int(p.get("seed", 0)),
         updates=int(mt.get(m.UPDATES, 0)),
         wall_s=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
         initial_loss=mt.get(m.INITIAL_VAL_LOSS),
         test_loss=mt.get(m.TEST_LOSS),
         test_accuracy=mt.get(m.TEST_ACCURACY),
-        params=dict(p),
     )
 
 
@@ -117,7 +112,15 @@ def load_records(client: "MlflowClient", parent: "Run") -> list[TrialRecord]:
     """Every trial (child run) of a sweep submission."""
     with _gc_paused():
         runs = child_runs(client, parent.info.experiment_id, parent.info.run_id, SEARCH_PAGE)
-        return [_record(run) for run in runs]
+        records, unreadable = [], []
+        for run in runs:
+            try:
+                records.append(_record(run))
+            except ValueError as err:  # a run whose params a killed writer never wrote
+                unreadable.append(f"{run.info.run_id} ({err})")
+    if unreadable:
+        log.warning("%d trial runs without their hyperparameters left out: %s", len(unreadable), unreadable[0])
+    return records
 
 
 def _law_doc(law: LawFit) -> dict[str, Any]:
@@ -145,6 +148,11 @@ def law_from_doc(doc: dict[str, Any]) -> LawFit:
     )
 
 
+def _setting_formula(name: str, value: float, batch_exponent: int) -> str:
+    """``eps = 1e-08 * batch_size``: a setting at any batch size, from the scaling rule."""
+    return f"{name} = {value:g}" + {0: "", 1: " * batch_size", -1: " / batch_size"}[batch_exponent]
+
+
 def _group_doc(g: GroupSummary, spec_params: dict[str, str], test: Optional[dict] = None) -> dict[str, Any]:
     answer = g.answer
     doc: dict[str, Any] = {
@@ -163,16 +171,14 @@ def _group_doc(g: GroupSummary, spec_params: dict[str, str], test: Optional[dict
         "per_batch_size": [asdict(b) for b in g.per_batch],
         "trials": g.counts,
     }
-    tied_sum = g.reduction == "sum" and g.rule != "none"
+    decoupled = spec_params.get("space.weight_decay.mode") == "decoupled"
+    exponents = batch_exponents(g.optimizer, g.reduction, g.rule, decoupled)
     eps = float(spec_params.get("space.eps", "1e-8"))
     if g.optimizer in ADAPTIVE:
-        doc["eps"] = f"eps = {eps:g} * batch_size" if tied_sum else f"eps = {eps:g}"
+        doc["eps"] = _setting_formula("eps", eps, exponents["eps"])
     wd = float(spec_params.get("space.weight_decay.value", "0"))
     if wd:
-        coupled = spec_params.get("space.weight_decay.mode") == "coupled" and g.optimizer != "adamw"
-        doc["weight_decay"] = (
-            f"weight_decay = {wd:g} * batch_size" if tied_sum and coupled else f"weight_decay = {wd:g}"
-        )
+        doc["weight_decay"] = _setting_formula("weight_decay", wd, exponents["weight_decay"])
     if g.best:
         b = g.best
         doc["best"] = {
@@ -336,10 +342,10 @@ def export_sweep(
     """Export a sweep: the constants (JSON, YAML) and the four plots, on disk and on the parent run.
 
     ``holdout``: evaluate each group's best configuration once on the test split
-    (:mod:`services.holdout`), when the workload has one.
+    (:mod:`services.results.holdout`), when the workload has one.
     """
-    from services.holdout import test_best
-    from services.plots import write_plots
+    from services.results.holdout import test_best
+    from services.results.plots import write_plots
 
     client = client_for(tracking_uri)
     parent = find_parent_run(client, sweep, parent_run_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from services import metrics as m
-from services.analysis import TrialRecord
+from services.results.analysis import TrialRecord
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

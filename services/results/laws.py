@@ -5,7 +5,7 @@
 - surge, for Adam (Li et al. 2024): lr*(B) = lr_max / (0.5 (sqrt(B_noise/B) + sqrt(B/B_noise))),
   square-root below B_noise, peaking there and falling above.
 
-:func:`fit_laws` fits them with bootstrap intervals over the optima of :mod:`services.fit`;
+:func:`fit_laws` fits them with bootstrap intervals over the optima of :mod:`services.results.fit`;
 :func:`choose_law` keeps the power law unless another law's AICc is clearly lower.
 """
 
@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from services.fit import CI, N_BOOT, Optimum, by_batch, fit_power_law, fit_weights, replicates, weighted_line
+from services.results.fit import CI, N_BOOT, Optimum, by_batch, fit_power_law, fit_weights, replicates, weighted_line
 
 MIN_POINTS_PER_PARAM = 2
 """A two-parameter law beside the power law needs at least 4 batch sizes with an optimum."""

@@ -2,7 +2,7 @@
 killer): Ray's GCS and raylet follow their driver, but its agents (dashboard, runtime env)
 outlive it by minutes, holding memory and ports.
 
-The driver starts ``python -m services.reaper <driver pid>`` with a pipe on its stdin. While
+The driver starts ``python -m services.orchestration.reaper <driver pid>`` with a pipe on its stdin. While
 the pipe is open, the reaper notes the driver's descendants (pid and start time, once a second).
 "done" on the pipe means a clean shutdown: it exits. End of file without it means the driver
 died: it SIGKILLs every noted process that still runs (same pid, same start time), then exits.
@@ -73,7 +73,7 @@ class Reaper:
 
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "services.reaper", str(os.getpid())],
+            [sys.executable, "-m", "services.orchestration.reaper", str(os.getpid())],
             stdin=subprocess.PIPE,
             text=True,
             start_new_session=True,

@@ -1,0 +1,135 @@
+"""The search space's schema: batch sizes, reductions, optimizers, schedules and seeds to sweep,
+and the range of the LR per sample searched for each optimizer.
+
+One frozen pydantic model, :class:`SpaceSpec`, the ``space`` section of a sweep spec; the
+define-by-run spaces of :mod:`search_spaces.tied` read it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from search_spaces.scaling import DEFAULT_RULE, Optimizer, Reduction, Rule
+from search_spaces.schedules import ScheduleKind
+
+MAX_SAMPLES = 10**15
+MAX_BATCH = 2**31
+MAX_SEED = 2**32 - 1
+"""Bounds that keep every number a spec can hold within what Ray, Optuna, torch and numpy accept
+(numpy seeds are 32-bit) and what one machine can plan for."""
+
+
+class FrozenModel(BaseModel):
+    """Immutable, and unknown keys are an error (a typo never passes silently)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class LogRange(FrozenModel):
+    low: float = Field(gt=0, allow_inf_nan=False)
+    high: float = Field(gt=0, allow_inf_nan=False)
+    grid_points: int = Field(default=5, ge=1, le=10_000)
+    """Log-spaced values between low and high, both included, for the grid searcher."""
+
+    @property
+    def count(self) -> int:
+        """Distinct grid values: one when the range is a single point."""
+        return 1 if self.grid_points == 1 or self.low == self.high else self.grid_points
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LogRange":
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        return self
+
+
+def _range_kind(value: Any) -> str:
+    """A single range has low/high keys; anything else is a mapping of optimizer to range."""
+    keys = value.keys() if isinstance(value, dict) else dict(value).keys() if isinstance(value, BaseModel) else ()
+    return "range" if not isinstance(value, dict) or {"low", "high", "grid_points"} & set(keys) else "per_optimizer"
+
+
+LrRanges = Annotated[
+    Union[Annotated[LogRange, Tag("range")], Annotated[dict[Optimizer, LogRange], Tag("per_optimizer")]],
+    Discriminator(_range_kind),
+]
+
+
+class WeightDecaySpec(FrozenModel):
+    value: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """Weight decay for the mean-reduced loss; coupled decay under sum is scaled by B."""
+    mode: Literal["coupled", "decoupled"] = "coupled"
+    """coupled: L2 added to the gradient (torch weight_decay); decoupled: p *= 1 - lr*wd.
+    AdamW always decays decoupled, whatever this says."""
+
+
+class SpaceSpec(FrozenModel):
+    batch_sizes: list[int] = Field(min_length=1, max_length=1000)
+    """Batch sizes to sweep; powers of two make the log-log fits evenly spaced."""
+    lr_per_sample: LrRanges
+    """Range of the rule constant c (lr = c * B**k under mean reduction), searched in log: one
+    range for every optimizer, or one per optimizer (``{sgd: {low, high}, adam: {...}}``):
+    SGD's and Adam's constants differ by well over an order of magnitude."""
+    reductions: list[Reduction] = Field(default=["mean"], min_length=1)
+    optimizers: list[Optimizer] = Field(default=["sgd"], min_length=1)
+    rules: dict[Optimizer, Rule] = {}
+    """Scaling rule per optimizer; default linear for SGD/momentum, sqrt for Adam/AdamW."""
+    momentum: float = Field(default=0.9, ge=0, lt=1, allow_inf_nan=False)
+    """Momentum of the ``momentum`` optimizer (plain ``sgd`` uses none)."""
+    eps: float = Field(default=1e-8, gt=0, allow_inf_nan=False)
+    """Adam eps for the mean-reduced loss (scaled by B under sum to stay equivalent)."""
+    weight_decay: WeightDecaySpec = WeightDecaySpec()
+    schedules: list[ScheduleKind] = Field(default=["constant"], min_length=1)
+    """Batch-size / LR schedules to compare (settings in the ``schedule`` section); the batch
+    sizes above are the starting ones."""
+    seeds: Optional[list[int]] = Field(default=None, min_length=1, max_length=10_000)
+    """Training seeds to sweep over (init and data order); default the searcher's seed."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "SpaceSpec":
+        for field in ("batch_sizes", "reductions", "optimizers", "schedules", "seeds"):
+            values = getattr(self, field) or []
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field}: duplicate values in {values}")
+        for i, b in enumerate(self.batch_sizes):
+            if not 1 <= b <= MAX_BATCH:
+                raise ValueError(f"batch_sizes.{i}: must be between 1 and {MAX_BATCH}, got {b}")
+        for i, seed in enumerate(self.seeds or []):
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seeds.{i}: must be between 0 and {MAX_SEED}, got {seed}")
+        if isinstance(self.lr_per_sample, dict):
+            missing = [o for o in self.optimizers if o not in self.lr_per_sample]
+            if missing:
+                raise ValueError(
+                    f"lr_per_sample: no range for optimizer {missing[0]} (ranges given for "
+                    f"{sorted(self.lr_per_sample)})"
+                )
+        return self
+
+    def cells(self) -> int:
+        """Batch size x reduction x optimizer x schedule x seed combinations."""
+        return (
+            len(self.batch_sizes)
+            * len(self.reductions)
+            * len(self.optimizers)
+            * len(self.schedules)
+            * len(self.seeds or [0])
+        )
+
+    def grid_size(self) -> int:
+        """Points of the grid search: every cell at every grid LR."""
+        return self.cells() * max(self.lr_range(o).count for o in self.optimizers)
+
+    def rule_for(self, optimizer: str) -> str:
+        return self.rules.get(optimizer, DEFAULT_RULE[optimizer])
+
+    def lr_ranges(self) -> dict[str, tuple[float, float]]:
+        """(low, high) of the LR per sample searched for each optimizer of the sweep."""
+        return {o: (self.lr_range(o).low, self.lr_range(o).high) for o in self.optimizers}
+
+    def lr_range(self, optimizer: str) -> LogRange:
+        """The LR-per-sample range searched for ``optimizer``."""
+        ranges = self.lr_per_sample
+        return ranges[optimizer] if isinstance(ranges, dict) else ranges

@@ -25,9 +25,10 @@ sweep: install  ## run a sweep: make sweep SWEEP=sweeps/x.yaml
 test: install  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install  ## ruff: lint and format check (make format rewrites)
+lint: install  ## ruff (lint and format check; make format rewrites) and mypy (types)
 	$(BIN)/ruff check services search_spaces tests
 	$(BIN)/ruff format --check services search_spaces tests
+	$(BIN)/mypy
 
 format: install  ## rewrite the code in the project's format and fix what ruff can
 	$(BIN)/ruff format services search_spaces tests

@@ -123,7 +123,7 @@ class SpaceSpec(FrozenModel):
         return self.cells() * max(self.lr_range(o).count for o in self.optimizers)
 
     def rule_for(self, optimizer: str) -> str:
-        return self.rules.get(optimizer, DEFAULT_RULE[optimizer])
+        return next((rule for name, rule in self.rules.items() if name == optimizer), DEFAULT_RULE[optimizer])
 
     def lr_ranges(self) -> dict[str, tuple[float, float]]:
         """(low, high) of the LR per sample searched for each optimizer of the sweep."""
@@ -132,4 +132,6 @@ class SpaceSpec(FrozenModel):
     def lr_range(self, optimizer: str) -> LogRange:
         """The LR-per-sample range searched for ``optimizer``."""
         ranges = self.lr_per_sample
-        return ranges[optimizer] if isinstance(ranges, dict) else ranges
+        if isinstance(ranges, dict):  # the spec's validator saw one for every optimizer swept
+            return next(rng for name, rng in ranges.items() if name == optimizer)
+        return ranges

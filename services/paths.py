@@ -50,7 +50,7 @@ def _local_service(name: str) -> dict | None:
 def ray_needs_token(address: str | None) -> bool:
     """Whether ``address`` is the Ray head ``make up`` started: it requires Ray's token auth."""
     head = _local_service("ray")
-    return bool(head) and address == head["address"]
+    return head is not None and address == head["address"]
 
 
 def tracking_uri() -> str:

@@ -35,7 +35,7 @@ def ours(record: dict) -> bool:
     return alive(record["pid"]) and start_time(record["pid"]) == record.get("start")
 
 
-def _groupalive(pgid: int) -> list[int]:
+def group_alive(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid``."""
     members = []
     for entry in Path("/proc").iterdir():
@@ -55,4 +55,4 @@ def leftovers(record: dict) -> list[int]:
     reused while any process of the group lives, so these are the leader's."""
     if alive(record["pid"]):
         return []  # the leader runs (ours or, if its pid was reused, someone else's group)
-    return _groupalive(record["pid"])
+    return group_alive(record["pid"])

@@ -70,7 +70,10 @@ class BudgetSpec(_Frozen):
         return self
 
     def total_samples(self, n_train: int) -> int:
-        return self.samples if self.samples is not None else math.ceil(self.epochs * n_train)
+        if self.samples is not None:
+            return self.samples
+        assert self.epochs is not None  # the validator requires one of the two
+        return math.ceil(self.epochs * n_train)
 
     def interval_samples(self, n_train: int) -> int:
         if self.report_every_samples:
@@ -205,7 +208,7 @@ class _SpecLoader(yaml.SafeLoader):
     """PyYAML's safe loader that refuses duplicate keys (YAML would keep the last silently)."""
 
     def construct_mapping(self, node, deep=False):
-        seen: dict = {}
+        seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:

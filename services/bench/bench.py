@@ -7,6 +7,7 @@ measurement at toy size (the test suite runs it as a smoke test, never as a time
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -30,7 +31,7 @@ class Result:
     figure: str
     goal: str
     met: bool | None
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[Any, Any] = field(default_factory=dict)
 
 
 def _silent_stream():
@@ -151,7 +152,8 @@ def _configs(spec) -> list[dict]:
     from services.orchestration.runner import make_searcher
 
     searcher = make_searcher(spec)
-    return [searcher.suggest(f"bench{i}") for i in range(spec.num_trials)]
+    configs = [searcher.suggest(f"bench{i}") for i in range(spec.num_trials)]
+    return [c for c in configs if c is not None]
 
 
 def _spec(name: str, epochs: float, trials: int, **space) -> Any:
@@ -545,7 +547,7 @@ def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
         started_ray = not ray.is_initialized()  # the test session may have one running already
         start = time.perf_counter()
         if started_ray:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
         ray_start_s = time.perf_counter() - start
         try:
             orchestration, memory, long_tracking = bench_orchestration(quick, store)

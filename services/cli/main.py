@@ -8,6 +8,7 @@ before anything starts; an unusable tracking store exits with status 1.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -290,8 +291,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _Prefixed(logging.Formatter):
+    """Library messages read like the CLI's own: ``samplewise: warning: ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
+        return f"samplewise: {level}{record.getMessage()}"
+
+
+def log_to_stderr() -> None:
+    """Show samplewise's module loggers (``services.*``, INFO and up) on stderr, once."""
+    logger = logging.getLogger("services")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(_Prefixed())
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # Ray and MLflow configure the root logger their own way
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    log_to_stderr()
     try:
         return args.func(args)
     except SamplewiseError as err:

@@ -82,6 +82,7 @@ class Reaper:
 
     def stop(self) -> None:
         try:
+            assert self._proc.stdin is not None  # started with a pipe
             self._proc.stdin.write("done\n")
             self._proc.stdin.close()
             self._proc.wait(timeout=10)

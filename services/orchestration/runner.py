@@ -50,7 +50,7 @@ def make_searcher(spec: SweepSpec) -> OptunaSearch:
         # stratified: each cell's c is its own parameter, seen in a tenth or less of the trials;
         # half the budget spread at random lays out every U-curve before TPE refines near the best
         startup = spec.num_trials // 2 if spec.searcher.stratify else max(10, spec.num_trials // 5)
-        sampler = optuna.samplers.TPESampler(
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
             seed=seed,
             multivariate=True,
             constant_liar=spec.searcher.max_concurrent > 1,
@@ -156,8 +156,8 @@ def _memory_kills_fail_trials() -> None:
             )
         return handle(self, tracked_actor_task, exception)
 
-    handle_memory_kill.samplewise = True
-    manager._actor_task_failed = handle_memory_kill
+    setattr(handle_memory_kill, "samplewise", True)  # noqa: B010 - marks the wrapper as installed
+    setattr(manager, "_actor_task_failed", handle_memory_kill)  # noqa: B010 - a private method, wrapped
 
 
 _reaper = None
@@ -301,8 +301,8 @@ def run_sweep(
         if started:
             shutdown_ray()
     return SweepOutcome(
-        tracker.parent_run_id if tracker else "",
-        tracker.experiment_id if tracker else "",
+        (tracker.parent_run_id or "") if tracker else "",
+        (tracker.experiment_id or "") if tracker else "",
         uri,
         f"{storage}/{run_name}",
         results.num_errors,

@@ -175,6 +175,13 @@ class GroupSummary:
         return self.best.lr_per_sample if self.best else None
 
 
+def loss_of(record: TrialRecord) -> float:
+    """The val loss of a usable record (one that has it)."""
+    if record.val_loss is None:
+        raise ValueError(f"trial {record.trial_id}: no validation loss")
+    return record.val_loss
+
+
 def complete(record: TrialRecord) -> bool:
     """The run holds the params the analysis needs (a run cut off before its first write does not)."""
     return (
@@ -194,16 +201,15 @@ def candidates(records: list[TrialRecord]) -> list[TrialRecord]:
 
 def learned(records: list[TrialRecord]) -> tuple[list[TrialRecord], list[TrialRecord]]:
     """Split trials of one batch size into (learned, did not learn); see :data:`LEARN_FRACTION`."""
-    known = [r for r in records if r.initial_loss is not None and r.val_loss is not None]
+    known = [(r, r.initial_loss, r.val_loss) for r in records if r.initial_loss is not None and r.val_loss is not None]
     if not known:
         return records, []
-    best = min(r.val_loss for r in known)
-    gain = lambda r: r.initial_loss - r.val_loss  # noqa: E731
-    best_gain = max(gain(r) for r in known)
+    best = min(loss for _, _, loss in known)
+    best_gain = max(initial - loss for _, initial, loss in known)
     if best_gain <= 0:  # nobody improved on the initial loss
-        bad = known
+        bad = [r for r, _, _ in known]
     else:
-        bad = [r for r in known if gain(r) < LEARN_FRACTION * best_gain and r.val_loss > best]
+        bad = [r for r, initial, loss in known if initial - loss < LEARN_FRACTION * best_gain and loss > best]
     out = {id(r) for r in bad}  # by identity: comparing frozen dataclasses field by field is O(n^2) work
     return [r for r in records if id(r) not in out], bad
 
@@ -286,7 +292,7 @@ def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, 
                 bs,
                 top.lr,
                 top.lr_per_sample,
-                top.val_loss,
+                loss_of(top),
                 top.val_accuracy,
                 len(at_bs),
                 not top.stopped_early,
@@ -300,7 +306,7 @@ def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, 
                 optimal_lr(
                     bs,
                     [r.lr for r in fit_pool],
-                    [r.val_loss for r in fit_pool],
+                    [loss_of(r) for r in fit_pool],
                     tried,
                     seeds=[r.seed for r in fit_pool],
                 )
@@ -397,15 +403,15 @@ def format_table(groups: list[GroupSummary]) -> str:
             else ""
         )
         lines.append(f"    {g.answer.formula}  for B in {g.answer.batch_range[0]}..{g.answer.batch_range[1]}  [{law}]")
-        agree = g.b_noise_agrees
-        if agree is not None:
-            lo, hi = g.b_noise_law.intervals["b_noise"]
+        agree, noise_law, measured = g.b_noise_agrees, g.b_noise_law, g.b_simple_range
+        if agree is not None and noise_law is not None and measured is not None:
+            lo, hi = noise_law.intervals["b_noise"]
             span = f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]"
-            fit = "LR fit" if g.b_noise_law is g.chosen else f"{g.b_noise_law.name} fit (not chosen)"
+            fit = "LR fit" if noise_law is g.chosen else f"{noise_law.name} fit (not chosen)"
             lines.append(
-                f"    B_noise from the {fit} {g.b_noise_law.params['b_noise']:.3g} {span} "
+                f"    B_noise from the {fit} {noise_law.params['b_noise']:.3g} {span} "
                 f"{'agrees' if agree else 'disagrees'} with B_simple measured "
-                f"{g.b_simple_range[0]:.3g}..{g.b_simple_range[1]:.3g}"
+                f"{measured[0]:.3g}..{measured[1]:.3g}"
             )
         if g.counts.get("did_not_learn"):
             lines.append(f"    {g.counts['did_not_learn']} trial(s) did not learn (counted as tried, not fitted)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from services import metrics as m
-from services.results.analysis import TrialRecord
+from services.results.analysis import TrialRecord, loss_of
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -49,7 +49,7 @@ def compare(records: Sequence[TrialRecord]) -> list[ScheduleResult]:
             cells[(r.optimizer, r.reduction, r.schedule, r.lr_per_sample)].append(r)
     best: dict[tuple, tuple[float, list[TrialRecord]]] = {}
     for (opt, red, sched, _c), runs in cells.items():
-        loss = statistics.fmean(r.val_loss for r in runs)
+        loss = statistics.fmean(loss_of(r) for r in runs)
         if (opt, red, sched) not in best or loss < best[(opt, red, sched)][0]:
             best[(opt, red, sched)] = (loss, runs)
     out = []

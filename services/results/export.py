@@ -204,8 +204,9 @@ def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
         for o in g.optima
         if o.on_edge
     ]
-    if edge_warning(g):
-        warnings.insert(0, edge_warning(g))
+    range_warning = edge_warning(g)
+    if range_warning:
+        warnings.insert(0, range_warning)
     doc: dict[str, Any] = {
         "verdict": g.verdict,
         "rule": {

@@ -130,7 +130,7 @@ def optimal_lr(
 
     vertex = _vertex(xs, ys)
     interior = vertex is not None and lo_x < vertex < hi_x
-    center = float(vertex) if interior else best
+    center = float(vertex) if interior and vertex is not None else best
     groups = [np.flatnonzero(ss == u) for u in np.unique(ss)]
     rng = _rng(seed, int(batch_size))
     reps = np.empty(n_boot)
@@ -229,12 +229,12 @@ def fit_power_law(optima: Sequence[Optimum], n_boot: int = N_BOOT, seed: int = 0
         return None
     logb = np.log([o.batch_size for o in optima])
     w = fit_weights(optima)
-    k, logc = weighted_line(logb, np.log([o.lr for o in optima]), w)
+    k_fit, logc_fit = weighted_line(logb, np.log([o.lr for o in optima]), w)
     ks, cs = weighted_line(logb, replicates(optima, n_boot, seed), w)
     q = (1 - CI) / 2
     k_lo, k_hi = np.quantile(ks, [q, 1 - q])
     c_lo, c_hi = np.quantile(cs, [q, 1 - q])
-    k, logc = float(k), float(logc)
+    k, logc = float(k_fit), float(logc_fit)
     return PowerLaw(
         k=k,
         k_lo=float(min(k_lo, k)),
@@ -284,8 +284,9 @@ def valid_range(
     ordered = by_batch(optima)
     kept = ordered[:3]
     for i, o in enumerate(ordered[3:], start=3):
-        if _flattened(o, fit_power_law(kept, n_boot, seed)):
-            return fit_power_law(kept, n_boot, seed), ordered[i:]
+        fit = fit_power_law(kept, n_boot, seed)
+        if fit is not None and _flattened(o, fit):
+            return fit, ordered[i:]
         kept.append(o)
     return fit_power_law(kept, n_boot, seed), []
 

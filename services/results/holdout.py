@@ -54,7 +54,7 @@ def rerun_and_test(spec: "SweepSpec", record: "TrialRecord") -> Optional[TestRes
             workload,
             hp,
             budget_of(spec, workload.n_train),
-            lambda metrics, state: final.update(model={k: v.clone() for k, v in state["model"].items()}),
+            lambda metrics, state: final.update(model={k: v.clone() for k, v in state.model.items()}),
         )
         torch.manual_seed(hp.seed)
         model = workload.model_fn()

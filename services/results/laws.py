@@ -72,7 +72,7 @@ class LawFit:
     def lr(self, batch_size: float) -> float:
         if self.name == "power":
             return self.params["c"] * batch_size ** self.params["k"]
-        shape = SHAPES[self.name](np.log(float(batch_size)), math.log(self.params["b_noise"]))
+        shape = SHAPES[self.name](np.log(float(batch_size)), np.log(self.params["b_noise"]))
         return float(self.params["lr_max"] * math.exp(shape) * batch_size**self.shift)
 
     @property
@@ -122,6 +122,8 @@ def fit_laws(
     sizes = tuple(o.batch_size for o in optima)
 
     power = fit_power_law(optima, n_boot, seed)
+    if power is None:
+        return []
     k, logc = weighted_line(logb, y, w)
     chi2 = float((((y - logc - k * logb) ** 2) * w).sum())
     laws = [

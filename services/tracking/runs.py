@@ -101,6 +101,12 @@ class SweepRuns:
             raise TrackingError(f"sweep {self.sweep!r}: no MLflow parent run for Ray run {self.ray_run}")
         self.experiment_id, self.parent_run_id = experiment.experiment_id, runs[0].info.run_id
 
+    def _ids(self) -> tuple[str, str]:
+        """(experiment id, parent run id) of the submission, once the store is open."""
+        if self.experiment_id is None or self.parent_run_id is None:
+            raise TrackingError(f"sweep {self.sweep!r}: its MLflow parent run is not known yet")
+        return self.experiment_id, self.parent_run_id
+
     def _load_existing(self) -> None:
         """Adopt the child runs a previous driver of this sweep created (resume after a crash):
         by trial id for the trials Tune restores, by configuration for the trials the restored
@@ -110,7 +116,8 @@ class SweepRuns:
         if self.parent_run_id is None:
             self._find_parent()
         self._loaded = True
-        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
+        experiment_id, parent_run_id = self._ids()
+        for run in child_runs(self.client, experiment_id, parent_run_id):
             run_id, status = run.info.run_id, run.info.status
             trial_id = run.data.tags.get(m.TAG_TRIAL_ID)
             if trial_id:
@@ -150,7 +157,7 @@ class SweepRuns:
             return run_id
         hp = TrialHParams.from_config(config)
         run = self.client.create_run(
-            self.experiment_id,
+            self._ids()[0],
             run_name=f"{hp.optimizer}-{hp.reduction}-B{hp.batch_size}-{trial_id}",
             tags={
                 PARENT_TAG: self.parent_run_id,
@@ -244,4 +251,4 @@ class SweepRuns:
         self._unclaimed.clear()
 
     def end_submission(self, status: str) -> None:
-        self.client.set_terminated(self.parent_run_id, status=status)
+        self.client.set_terminated(self._ids()[1], status=status)

@@ -124,7 +124,8 @@ def ensure_experiment(client: "MlflowClient", name: str, artifact_location: str 
 
 def child_runs(client: "MlflowClient", experiment_id: str, parent_run_id: str, page_size: int = 1000) -> list:
     """Every child run of ``parent_run_id``, all pages of ``page_size`` runs."""
-    runs, token = [], None
+    runs: list = []
+    token = None
     while True:
         page = client.search_runs(
             [experiment_id],

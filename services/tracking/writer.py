@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
-import sys
 import threading
 import time
 
@@ -25,8 +25,7 @@ def retryable(err: Exception) -> bool:
     return getattr(err, "error_code", None) not in PERMANENT
 
 
-def log(message: str) -> None:
-    print(f"samplewise: {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 class Writer:
@@ -77,25 +76,27 @@ class Writer:
             try:
                 fn(*args)
                 if self.failures:
-                    log(f"{self.describe} answers again; the writes held back are written, the sweep goes on")
+                    log.info("%s answers again; the writes held back are written, the sweep goes on", self.describe)
                     self.failures = 0
                 return
             except Exception as err:  # noqa: BLE001 - a write must never kill the sweep
                 summary = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
                 if not retryable(err):
                     self.lost += 1
-                    log(f"warning: {self.describe} refused a write ({summary}); the sweep goes on")
+                    log.warning("%s refused a write (%s); the sweep goes on", self.describe, summary)
                     return
                 self.failures += 1
                 if self.failures == 1:
-                    log(
-                        f"warning: {self.describe} does not answer ({summary}); holding writes and retrying "
-                        f"for up to {self.RETRY_S:g} s, the sweep goes on"
+                    log.warning(
+                        "%s does not answer (%s); holding writes and retrying for up to %g s, the sweep goes on",
+                        self.describe,
+                        summary,
+                        self.RETRY_S,
                     )
                 if time.monotonic() + wait > deadline:
                     self.gave_up = True
                     self.lost += 1
-                    log(f"error: {self.describe} did not answer for {self.RETRY_S:g} s; giving up its writes")
+                    log.error("%s did not answer for %g s; giving up its writes", self.describe, self.RETRY_S)
                     return
                 time.sleep(wait)
                 wait = min(2 * wait, self.BACKOFF_S[1])

@@ -75,7 +75,7 @@ class NoiseScale:
                     buf.copy_(saved[name])
         g2 = ((large * g_large - small * g_small) / (large - small)).item()
         tr = ((g_small - g_large) / (1.0 / small - 1.0 / large)).item()
-        if self._g2 is None:
+        if self._g2 is None or self._tr is None:
             self._g2, self._tr = g2, tr
         else:
             self._g2 = self.decay * self._g2 + (1 - self.decay) * g2

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import logging
 import math
 import os
 import resource
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -29,6 +30,8 @@ from search_spaces.schedules import Schedule, batch_and_lr
 from services import metrics as m
 from services.training.noise import NoiseScale
 from services.training.workloads import Workload
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trial_state.pt"
 TIMED_OUT_FILE = "samplewise_timed_out"
@@ -67,7 +70,7 @@ def _time_limit(timeout_s: Optional[float], trial_dir: str):
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(TrialTimeout))
         if done.wait(TIMEOUT_GRACE_S):
             return
-        print(f"samplewise: trial {message} and did not stop; ending its worker process", file=sys.stderr, flush=True)
+        log.error("trial %s and did not stop; ending its worker process", message)
         os._exit(1)
 
     threading.Thread(target=watchdog, name="samplewise-trial-timeout", daemon=True).start()
@@ -88,6 +91,8 @@ def make_optimizer(model: nn.Module, hp: TrialHParams) -> torch.optim.Optimizer:
     """
     params = list(model.parameters())
     coupled_wd = 0.0 if hp.decoupled_decay else hp.weight_decay
+    cls: type[torch.optim.Optimizer]
+    kwargs: dict[str, Any]
     if hp.optimizer in ("sgd", "momentum"):
         cls, kwargs = torch.optim.SGD, dict(lr=hp.lr, momentum=hp.momentum, weight_decay=coupled_wd)
     elif hp.optimizer == "adam":
@@ -160,6 +165,39 @@ class Budget:
     """Batch-size / LR schedule; its kind is the trial's own (``hp.schedule``)."""
 
 
+@dataclass
+class TrialState:
+    """Everything needed to continue a trial exactly where it reported: what a checkpoint holds.
+
+    Plain values and tensors only, so a checkpoint loads with ``torch.load(weights_only=True)``
+    (see :meth:`as_dict` / :meth:`from_dict`)."""
+
+    samples: int
+    """Training samples seen."""
+    updates: int
+    """Optimizer steps taken."""
+    val_history: list[float]
+    """Validation loss at every report so far (the plateau schedules read it)."""
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    order: torch.Tensor
+    """State of the generator that draws each pass's data order."""
+    perm: torch.Tensor
+    """This pass's data order, and ``pos`` the place in it."""
+    pos: int
+    initial_loss: float
+    """Val loss before the first update (the divergence threshold is a multiple of it)."""
+    noise: Optional[dict[str, Any]] = None
+    """The gradient-noise estimator's EMA and generator, when it runs."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrialState":
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
 def _apply(optimizer: torch.optim.Optimizer, hp: TrialHParams, settings: dict[str, float]) -> None:
     """Set the schedule's lr (and eps, coupled weight decay) on every param group."""
     if hp.decoupled_decay and hp.optimizer != "adamw":
@@ -172,8 +210,8 @@ def run_trial(
     workload: Workload,
     hp: TrialHParams,
     budget: Budget,
-    report: Callable[[dict, dict], None],
-    resume: Optional[dict] = None,
+    report: Callable[[dict, TrialState], None],
+    resume: Optional[TrialState] = None,
 ) -> dict:
     """Train one trial, calling ``report(metrics, state)`` each interval; returns the last metrics.
 
@@ -205,14 +243,14 @@ def run_trial(
     if resume is None:
         initial_loss, _ = evaluate(model, workload)
     else:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        order.set_state(resume["order"])
-        perm, pos = resume["perm"].to(device), resume["pos"]
-        samples, updates, history = resume["samples"], resume["updates"], list(resume["val_history"])
-        initial_loss = resume["initial_loss"]
-        if noise is not None and resume.get("noise"):
-            noise.load_state_dict(resume["noise"])
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        order.set_state(resume.order)
+        perm, pos = resume.perm.to(device), resume.pos
+        samples, updates, history = resume.samples, resume.updates, list(resume.val_history)
+        initial_loss = resume.initial_loss
+        if noise is not None and resume.noise:
+            noise.load_state_dict(resume.noise)
     # a model whose loss is NaN/inf before any update diverges at its first report, finitely
     threshold = (
         budget.divergence_factor * max(initial_loss, 1e-12) if math.isfinite(initial_loss) else NONFINITE_OBJECTIVE
@@ -238,6 +276,7 @@ def run_trial(
             pos = 0
         if xs is None or xs_perm is not perm:  # the pass's data in its order: batches are views
             xs, ys, xs_perm = workload.x_train[perm], workload.y_train[perm], perm
+        assert xs is not None and ys is not None
         running += train_step(model, optimizer, xs[pos : pos + bs], ys[pos : pos + bs], workload.loss_fn, hp)
         pos += bs
         samples, updates, interval_samples = samples + bs, updates + 1, interval_samples + bs
@@ -268,18 +307,18 @@ def run_trial(
         b_simple = noise.measure(model, workload) if noise and not diverged else None
         if b_simple is not None:
             last[m.B_SIMPLE] = b_simple
-        state = {
-            "samples": samples,
-            "updates": updates,
-            "val_history": list(history),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "order": order.get_state(),
-            "perm": perm.cpu(),
-            "pos": pos,
-            "initial_loss": initial_loss,
-            "noise": noise.state_dict() if noise else None,
-        }
+        state = TrialState(
+            samples=samples,
+            updates=updates,
+            val_history=list(history),
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            order=order.get_state(),
+            perm=perm.cpu(),
+            pos=pos,
+            initial_loss=initial_loss,
+            noise=noise.state_dict() if noise else None,
+        )
         report(last, state)
         if diverged:
             break
@@ -333,16 +372,20 @@ def _train(config: dict, spec) -> None:
     workload = workloads.load(spec.workload, device)
     budget = budget_of(spec, workload.n_train)
     checkpoint = tune.get_checkpoint()
-    resume = None
+    resume: Optional[TrialState] = None
+    reported: list[dict] = []
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             # tensors and plain values only: a checkpoint on shared storage cannot run code when loaded
-            resume = torch.load(os.path.join(path, STATE_FILE), map_location=device, weights_only=True)
-    reported: list[dict] = list((resume or {}).get("reported", []))
+            saved = torch.load(os.path.join(path, STATE_FILE), map_location=device, weights_only=True)
+        resume, reported = TrialState.from_dict(saved), list(saved.get("reported", []))
     for result in reported:
         tune.report(result)
 
-    def report(metrics: dict, state: dict) -> None:
+    node_id = ray.get_runtime_context().get_node_id()
+    last_checkpoint = time.monotonic()
+
+    def report(metrics: dict, state: TrialState) -> None:
         # a resumed or retried trial continues from its last checkpoint
         nonlocal last_checkpoint
         metrics = {**metrics, m.NODE_ID: node_id}
@@ -351,10 +394,8 @@ def _train(config: dict, spec) -> None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as path:
-            torch.save({**state, "reported": reported}, os.path.join(path, STATE_FILE))
+            torch.save({**state.as_dict(), "reported": reported}, os.path.join(path, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
         last_checkpoint = time.monotonic()
 
-    node_id = ray.get_runtime_context().get_node_id()
-    last_checkpoint = time.monotonic()
     run_trial(workload, TrialHParams.from_config(config), budget, report, resume)

@@ -18,7 +18,7 @@ import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import pydantic
 import torch
@@ -133,7 +133,7 @@ def mnist1d_data(num_samples: int = 5000, data_seed: int = 42) -> dict[str, torc
     return data
 
 
-def _mnist1d_splits(num_samples: int, data_seed: int, val_fraction: float) -> dict[str, torch.Tensor]:
+def _mnist1d_splits(num_samples: int, data_seed: int, val_fraction: float) -> dict[str, Any]:
     """MNIST-1D's train split cut into train and validation; its test split kept for the test."""
     d = mnist1d_data(num_samples, data_seed)
     x_tr, y_tr, x_va, y_va = _split(d["x"], d["y"], val_fraction, data_seed)
@@ -223,7 +223,7 @@ def _check_params(fn: Callable[..., Workload], params: dict) -> None:
     except Exception:  # noqa: BLE001 - unresolvable annotations: check the names only
         signature = inspect.signature(fn)
     fields: dict[str, Any] = {}
-    extra = "forbid"
+    extra: Literal["allow", "forbid"] = "forbid"
     for p in signature.parameters.values():
         if p.kind is p.VAR_KEYWORD:
             extra = "allow"

@@ -1,14 +1,14 @@
-"""samplewise services: spec, workloads, training, Ray Tune runner, MLflow tracking, export, CLI.
+"""samplewise services, by where the code runs (each folder imports only from those above it):
 
-Modules (import what you need; nothing heavy is imported here):
+- top level: :mod:`services.errors`, :mod:`services.metrics` (reserved names),
+  :mod:`services.spec` (the frozen ``SweepSpec``), :mod:`services.paths`, :mod:`services.processes`
+- :mod:`services.training`      in each trial's worker: workloads, the step and the loop
+- :mod:`services.tracking`      MLflow: the store, a submission's runs, the writer, the Tune callback
+- :mod:`services.results`       analysis, fits, export, held-out test, compare, plots
+- :mod:`services.orchestration` the Tune driver: runner, GroupedASHA, reaper
+- :mod:`services.ops`           make up / down / status
+- :mod:`services.cli`           the ``samplewise`` command
+- :mod:`services.bench`         make bench
 
-- :mod:`services.spec`      the frozen ``SweepSpec`` and ``load_spec``
-- :mod:`services.metrics`   reserved metric, param and tag names
-- :mod:`services.training.workloads` built-in workloads and the plug-in interface
-- :mod:`services.training.train`     the training step and trial loop
-- :mod:`services.orchestration.runner`    the Ray Tune sweep
-- :mod:`services.tracking.callback`  the MLflow adapter (a ``tune.Callback``)
-- :mod:`services.results.analysis`  best constants from a table of trials
-- :mod:`services.results.export`    read back from MLflow, write exports, look up an LR
-- :mod:`services.cli.main`       the ``samplewise`` command
+Nothing heavy is imported here: import what you need.
 """

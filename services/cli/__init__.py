@@ -1,1 +1,1 @@
-"""cli"""
+"""The samplewise command: main.py (sweep, export, lr, ...) and local.py (up, down, status, logs, ui)."""

@@ -1,0 +1,106 @@
+"""Bench 1: samplewise's training loop against a DataLoader loop and the bare step."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from search_spaces.scaling import TrialHParams, derive
+from services import metrics as m
+from services.bench.report import Result
+
+# ---- 1. training loop vs a DataLoader loop ------------------------------------------------
+
+
+def _dataloader_loop(workload, hp: TrialHParams, samples: int) -> float:
+    """What a user writes: DataLoader over a TensorDataset, mean loss, .item() every step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from services.training.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = workload.model_fn()
+    optimizer = make_optimizer(model, hp)
+    loader = DataLoader(
+        TensorDataset(workload.x_train, workload.y_train), batch_size=hp.batch_size, shuffle=True, drop_last=True
+    )
+    seen, start, total_loss = 0, time.perf_counter(), 0.0
+    while seen < samples:
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(model(x), y, reduction=hp.reduction)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+            seen += len(y)
+            if seen >= samples:
+                break
+    return seen / (time.perf_counter() - start)
+
+
+def _step_ceiling(workload, hp: TrialHParams, samples: int) -> float:
+    """The limit of any eager loop: forward, backward and step on contiguous slices of data
+    permuted once, with no metrics, no evaluation and no data handling per step."""
+    from services.training.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = workload.model_fn()
+    optimizer = make_optimizer(model, hp)
+    perm = torch.randperm(workload.n_train)
+    x_all, y_all = workload.x_train[perm], workload.y_train[perm]
+    bs, n = hp.batch_size, workload.n_train
+    seen, pos, start = 0, 0, time.perf_counter()
+    while seen < samples:
+        if pos + bs > n:
+            pos = 0
+        loss = torch.nn.functional.cross_entropy(model(x_all[pos : pos + bs]), y_all[pos : pos + bs])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        pos, seen = pos + bs, seen + bs
+    return seen / (time.perf_counter() - start)
+
+
+def _our_loop(workload, hp: TrialHParams, samples: int) -> float:
+    from services.training.train import Budget, run_trial
+
+    start = time.perf_counter()
+    last = run_trial(workload, hp, Budget(samples, samples), lambda r, s: None)
+    return last[m.SAMPLES_SEEN] / (time.perf_counter() - start)
+
+
+def bench_training_loop(quick: bool) -> Result:
+    from services.training.workloads import mnist1d_mlp
+
+    torch.set_num_threads(1)
+    workload = mnist1d_mlp(num_samples=2000 if quick else 5000)
+    samples = 4_000 if quick else 80_000
+    rows = {}
+    warm = derive(batch_size=16, reduction="mean", optimizer="sgd", lr_per_sample=1e-3)
+    _our_loop(workload, warm, 2_000), _dataloader_loop(workload, warm, 2_000)  # first-call costs, untimed
+    for bs in (16, 64, 256):
+        hp = derive(batch_size=bs, reduction="mean", optimizer="sgd", lr_per_sample=1e-3)
+        runs: dict[str, list[float]] = {"ours": [], "theirs": [], "ceiling": []}
+        for _ in range(1 if quick else 3):  # interleaved, so drift on a shared machine hits all three
+            runs["ours"].append(_our_loop(workload, hp, samples))
+            runs["theirs"].append(_dataloader_loop(workload, hp, samples))
+            runs["ceiling"].append(_step_ceiling(workload, hp, samples))
+        ours, theirs, ceiling = (statistics.median(runs[k]) for k in ("ours", "theirs", "ceiling"))
+        rows[bs] = {
+            "samplewise_samples_per_s": round(ours),
+            "dataloader_samples_per_s": round(theirs),
+            "ratio": round(ours / theirs, 2),
+            "ceiling_samples_per_s": round(ceiling),
+            "ceiling_vs_dataloader": round(ceiling / theirs, 2),
+            "samplewise_of_ceiling": round(ours / ceiling, 2),
+        }
+    worst = min(r["ratio"] for r in rows.values())
+    figure = (
+        ", ".join(f"B={b}: {r['ratio']}x" for b, r in rows.items())
+        + " (eager-step ceiling: "
+        + ", ".join(f"{r['ceiling_vs_dataloader']}x" for r in rows.values())
+        + ")"
+    )
+    return Result("training loop vs DataLoader loop", figure, ">= 3x", worst >= 3, rows)

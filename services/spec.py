@@ -23,10 +23,29 @@ MAX_TRIALS = 1_000_000
 
 
 class WorkloadSpec(_Frozen):
-    name: str = Field(min_length=1, max_length=200)
-    """A built-in workload (digits_mlp, mnist1d_mlp, mnist1d_cnn) or ``package.module:function``."""
+    name: Optional[str] = Field(default=None, min_length=1, max_length=200)
+    """A built-in workload (digits_mlp, mnist1d_mlp, mnist1d_cnn) or ``package.module:function``
+    returning a ``Workload``: samplewise's training loop trains it."""
+    train: Optional[str] = Field(default=None, min_length=3, max_length=200)
+    """Instead of ``name``: your own training loop, ``package.module:function``, a function
+    ``train(ctx: TrialContext)`` that keeps full control of its model, data and steps and
+    reports through ``ctx`` (see services.training.context)."""
     params: dict[str, Any] = {}
-    """Keyword arguments of the workload function (model width, data size, ...)."""
+    """Keyword arguments of the workload function (model width, data size, ...); for a ``train``
+    loop, what it finds in ``ctx.params``."""
+
+    @model_validator(mode="after")
+    def _one(self) -> "WorkloadSpec":
+        if self.name is None and self.train is None:
+            raise ValueError("name: required: a workload, or give workload.train (your own training loop)")
+        if self.name is not None and self.train is not None:
+            raise ValueError("give name (a workload) or train (your own training loop), not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        """What the sweep trains, as its runs name it: the workload or the loop."""
+        return self.name or self.train or ""
 
 
 class SearcherSpec(_Frozen):
@@ -75,9 +94,12 @@ class BudgetSpec(_Frozen):
         assert self.epochs is not None  # the validator requires one of the two
         return math.ceil(self.epochs * n_train)
 
-    def interval_samples(self, n_train: int) -> int:
+    def interval_samples(self, n_train: Optional[int]) -> int:
+        """Samples between reports; ``n_train`` None (a user's loop): the budget / 20."""
         if self.report_every_samples:
             return self.report_every_samples
+        if n_train is None:
+            return math.ceil(self.total_samples(0) / DEFAULT_MAX_REPORTS)
         return max(n_train, math.ceil(self.total_samples(n_train) / DEFAULT_MAX_REPORTS))
 
 
@@ -122,6 +144,10 @@ class ResourcesSpec(_Frozen):
     cpus_per_trial: float = Field(default=1.0, gt=0, allow_inf_nan=False, le=4096)
     gpus_per_trial: float = Field(default=0.25, ge=0, le=1, allow_inf_nan=False)
     """GPU fraction per trial, used only when the Ray cluster has GPUs."""
+    max_micro_batch: Optional[int] = Field(default=None, ge=1, le=MAX_BATCH)
+    """Most samples one forward/backward pass holds: a larger batch size runs as several
+    micro-batches whose gradients accumulate into one update, the reduction taken over the whole
+    batch. None: one pass per batch. Bounds memory, so batch sizes past it can be swept."""
 
 
 class SweepSpec(_Frozen):
@@ -140,6 +166,11 @@ class SweepSpec(_Frozen):
 
     @model_validator(mode="after")
     def _trials(self) -> "SweepSpec":
+        if self.workload.train is not None and self.budget.epochs is not None:
+            raise ValueError(
+                "budget.epochs: a workload.train loop owns its data, so samplewise cannot count its epochs; "
+                "give budget.samples"
+            )
         if self.searcher.kind == "grid":
             counts = {o: self.space.lr_range(o).count for o in self.space.optimizers}
             if len(set(counts.values())) > 1:

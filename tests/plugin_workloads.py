@@ -1,5 +1,6 @@
 """Workloads a user would plug in as package.module:function, for the tests."""
 
+from services.training.context import TrialContext
 from services.training.workloads import Workload, digits_mlp
 
 
@@ -103,3 +104,12 @@ def memory_hog(hidden: int = 8, gib: float = 4.0) -> Workload:
             return self.inner(x)
 
     return Workload(Hog, base.x_train, base.y_train, base.x_val, base.y_val, base.loss_fn)
+
+
+def loop_without_objective(ctx: TrialContext) -> None:
+    """A user's loop that breaks the contract: it reports no val_loss."""
+    ctx.report(10, train_loss=1.0)
+
+
+def unannotated_loop(ctx) -> None:
+    """Not a training loop samplewise accepts: its parameter is not annotated TrialContext."""

@@ -5,11 +5,13 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from search_spaces import derive
 from services import metrics as m
-from services.training.train import Budget, make_optimizer, run_trial, train_step
-from services.training.workloads import digits_mlp
+from services.training.optim import make_optimizer
+from services.training.train import Budget, run_trial, train_step
+from services.training.workloads import digits_mlp, per_sample_cross_entropy
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +146,52 @@ def test_batch_growth_trial_grows_its_batch_and_takes_fewer_updates(workload):
     assert growth[-1][m.NOISE_G] == pytest.approx(decay[-1][m.NOISE_G])  # both lower g fourfold
     assert growth[-1][m.UPDATES] < decay[-1][m.UPDATES] == runs["constant"][-1][m.UPDATES]
     assert abs(growth[-1][m.SAMPLES_SEEN] - decay[-1][m.SAMPLES_SEEN]) < 128  # equal sample budgets
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_accumulated_micro_batches_make_the_update_of_the_whole_batch(optimizer, reduction):
+    """In float64, steps at B=256 equal steps of 4 accumulated micro-batches of 64."""
+    torch.manual_seed(0)
+    x, y = torch.randn(256 * 3, 20, dtype=torch.float64), torch.randint(0, 5, (256 * 3,))
+    make = lambda: nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 5)).double()  # noqa: E731
+    hp = derive(batch_size=256, reduction=reduction, optimizer=optimizer, lr_per_sample=1e-4, weight_decay=1e-3)
+    torch.manual_seed(1)
+    whole, parts = make(), make()
+    parts.load_state_dict(whole.state_dict())
+    opt_whole, opt_parts = make_optimizer(whole, hp), make_optimizer(parts, hp)
+    for i in range(3):
+        xb, yb = x[i * 256 : (i + 1) * 256], y[i * 256 : (i + 1) * 256]
+        a = train_step(whole, opt_whole, xb, yb, per_sample_cross_entropy, hp)
+        b = train_step(parts, opt_parts, xb, yb, per_sample_cross_entropy, hp, micro_batch=64)
+        assert b.item() == pytest.approx(a.item(), rel=1e-12)
+    for p, q in zip(whole.parameters(), parts.parameters()):
+        assert torch.allclose(p, q, rtol=1e-10, atol=1e-13)
+    if reduction == "mean" and optimizer in ("sgd", "momentum"):  # the check can fail: averaging each
+        # micro-batch by its own size and summing (the gradient-accumulation normalization bug) differs
+        state = whole.state_dict()
+        wrong, right = (
+            _micro_mean_update(make, state, x[:256], y[:256], hp),
+            _one_update(make, state, x[:256], y[:256], hp),
+        )
+        assert not torch.allclose(wrong, right, rtol=1e-3)
+
+
+def _one_update(make, state, x, y, hp):
+    model = make()
+    model.load_state_dict(state)
+    train_step(model, make_optimizer(model, hp), x, y, per_sample_cross_entropy, hp)
+    return torch.cat([p.flatten() for p in model.parameters()])
+
+
+def _micro_mean_update(make, state, x, y, hp):
+    """What a loop that averages each micro-batch by its own size and sums those would do."""
+    model = make()
+    model.load_state_dict(state)
+    opt = make_optimizer(model, hp)
+    opt.zero_grad()
+    for start in range(0, x.shape[0], 64):
+        per = per_sample_cross_entropy(model(x[start : start + 64]), y[start : start + 64])
+        per.mean().backward()
+    opt.step()
+    return torch.cat([p.flatten() for p in model.parameters()])

@@ -18,7 +18,7 @@ def _dataloader_loop(workload, hp: TrialHParams, samples: int) -> float:
     """What a user writes: DataLoader over a TensorDataset, mean loss, .item() every step."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from services.training.train import make_optimizer
+    from services.training.optim import make_optimizer
 
     torch.manual_seed(0)
     model = workload.model_fn()
@@ -43,7 +43,7 @@ def _dataloader_loop(workload, hp: TrialHParams, samples: int) -> float:
 def _step_ceiling(workload, hp: TrialHParams, samples: int) -> float:
     """The limit of any eager loop: forward, backward and step on contiguous slices of data
     permuted once, with no metrics, no evaluation and no data handling per step."""
-    from services.training.train import make_optimizer
+    from services.training.optim import make_optimizer
 
     torch.manual_seed(0)
     model = workload.model_fn()

@@ -325,6 +325,10 @@ def log_to_stderr() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_to_stderr()
+    # a spec's package.module:function is imported from the project, as `python -m` would
+    project = str(paths.project_dir())
+    if project not in sys.path:
+        sys.path.insert(0, project)
     try:
         return args.func(args)
     except SamplewiseError as err:

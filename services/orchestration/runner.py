@@ -247,8 +247,8 @@ def run_sweep(
     if track:
         store.check_store(uri)
     workload = workloads.build(spec.workload)  # a bad workload fails here, before anything starts
-    n_train = workload.n_train
-    budget_samples = spec.budget.total_samples(n_train)
+    n_train = workload.n_train if workload is not None else None  # a user's loop: budget in samples
+    budget_samples = spec.budget.total_samples(n_train or 0)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = storage_path or paths.storage_path()
     tracker = None
@@ -266,7 +266,7 @@ def run_sweep(
         with _submission(tracker.finish if tracker else lambda status: None):
             started = init_ray(ray_address if ray_address is not None else paths.ray_address())
             stream.write(
-                f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.name}, "
+                f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.label}, "
                 f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}; "
                 + (f"MLflow {uri}\n" if track else "MLflow off\n")
             )

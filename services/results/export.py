@@ -296,7 +296,7 @@ def build_export(
         "sweep": parent.data.tags.get(m.TAG_SWEEP, sweep),
         "parent_run_id": parent.info.run_id,
         "tracking_uri": client.tracking_uri,
-        "workload": parent.data.params.get("workload.name"),
+        "workload": parent.data.params.get("workload.name") or parent.data.params.get("workload.train"),
         "objective": m.OBJECTIVE,
         "budget_samples": int(parent.data.tags.get(m.TAG_BUDGET_SAMPLES, 0)),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

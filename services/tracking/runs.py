@@ -49,7 +49,7 @@ class SweepRuns:
         self.tracking_uri = tracking_uri
         self.spec = spec
         self.sweep = spec.name
-        self.workload = spec.workload.name
+        self.workload = spec.workload.label
         self.ray_run = ray_run
         """The Ray run directory: a tag unique to the submission, to find its parent run again."""
         self.experiment_id: str | None = None

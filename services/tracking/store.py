@@ -158,7 +158,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
         for key, sub in value.items():
             _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
-    else:
+    elif value is not None:  # an unset option is no param (not the text "None")
         out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
 
 

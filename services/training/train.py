@@ -28,7 +28,9 @@ from torch import nn
 from search_spaces.scaling import TrialHParams, config_key, noise_scale
 from search_spaces.schedules import Schedule, batch_and_lr
 from services import metrics as m
+from services.training.context import NONFINITE_OBJECTIVE
 from services.training.noise import NoiseScale
+from services.training.optim import apply_settings, make_optimizer
 from services.training.workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,6 @@ TIMED_OUT_FILE = "samplewise_timed_out"
 """Left in a trial's directory when it timed out: a retry of that trial fails at once."""
 TIMEOUT_GRACE_S = 5.0
 """How long a timed-out trial's training thread has to stop before its worker process ends."""
-NONFINITE_OBJECTIVE = 1e30
-"""The objective of a trial whose initial loss is already NaN/inf: finite, and worse than any."""
 
 
 class TrialTimeout(RuntimeError):
@@ -82,31 +82,6 @@ def _time_limit(timeout_s: Optional[float], trial_dir: str):
         done.set()
 
 
-def make_optimizer(model: nn.Module, hp: TrialHParams) -> torch.optim.Optimizer:
-    """The torch optimizer of ``hp``; decoupled decay of SGD/Adam is applied in :func:`train_step`.
-
-    It uses torch's fused kernel (one call updates every parameter) where torch has one for
-    these parameters, else its default: on small models the per-parameter Python loop of the
-    default implementation is a large part of each step.
-    """
-    params = list(model.parameters())
-    coupled_wd = 0.0 if hp.decoupled_decay else hp.weight_decay
-    cls: type[torch.optim.Optimizer]
-    kwargs: dict[str, Any]
-    if hp.optimizer in ("sgd", "momentum"):
-        cls, kwargs = torch.optim.SGD, dict(lr=hp.lr, momentum=hp.momentum, weight_decay=coupled_wd)
-    elif hp.optimizer == "adam":
-        cls, kwargs = torch.optim.Adam, dict(lr=hp.lr, eps=hp.eps, weight_decay=coupled_wd)
-    elif hp.optimizer == "adamw":
-        cls, kwargs = torch.optim.AdamW, dict(lr=hp.lr, eps=hp.eps, weight_decay=hp.weight_decay)
-    else:
-        raise ValueError(f"optimizer: unknown {hp.optimizer!r}")
-    try:
-        return cls(params, fused=True, **kwargs)
-    except RuntimeError:  # no fused kernel for these parameters' device or dtype
-        return cls(params, **kwargs)
-
-
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -114,18 +89,30 @@ def train_step(
     y: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     hp: TrialHParams,
+    micro_batch: Optional[int] = None,
 ) -> torch.Tensor:
-    """One update on the batch (x, y); returns the batch's summed per-sample loss (no sync)."""
-    total = loss_fn(model(x), y).sum()
-    loss = total if hp.reduction == "sum" else total / x.shape[0]
+    """One update on the batch (x, y); returns the batch's summed per-sample loss (no sync).
+
+    With ``micro_batch`` smaller than the batch, the gradient is accumulated over micro-batches
+    of at most that many samples: each contributes its summed loss, divided by the size of the
+    whole batch under mean reduction (never by its own size), so the update is the one of the
+    whole batch and only the memory differs.
+    """
+    n = x.shape[0]
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if hp.decoupled_decay and hp.weight_decay and hp.optimizer != "adamw":
-        with torch.no_grad():
-            for group in optimizer.param_groups:
-                torch._foreach_mul_(group["params"], 1.0 - group["lr"] * hp.weight_decay)
+    if not micro_batch or micro_batch >= n:
+        total = loss_fn(model(x), y).sum()
+        (total if hp.reduction == "sum" else total / n).backward()
+        total = total.detach()
+    else:  # normalization (BatchNorm) sees micro-batches: its statistics are theirs
+        parts = []
+        for start in range(0, n, micro_batch):
+            part = loss_fn(model(x[start : start + micro_batch]), y[start : start + micro_batch]).sum()
+            (part if hp.reduction == "sum" else part / n).backward()
+            parts.append(part.detach())
+        total = torch.stack(parts).sum()
     optimizer.step()
-    return total.detach()
+    return total
 
 
 @torch.inference_mode()
@@ -163,6 +150,8 @@ class Budget:
     """(small, large) batch sizes for the gradient noise scale; None skips it."""
     schedule: Schedule = Schedule()
     """Batch-size / LR schedule; its kind is the trial's own (``hp.schedule``)."""
+    micro_batch: Optional[int] = None
+    """Largest micro-batch of one forward/backward pass; larger batches accumulate gradients."""
 
 
 @dataclass
@@ -196,14 +185,6 @@ class TrialState:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrialState":
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
-
-
-def _apply(optimizer: torch.optim.Optimizer, hp: TrialHParams, settings: dict[str, float]) -> None:
-    """Set the schedule's lr (and eps, coupled weight decay) on every param group."""
-    if hp.decoupled_decay and hp.optimizer != "adamw":
-        settings = {k: v for k, v in settings.items() if k != "weight_decay"}  # applied in train_step
-    for group in optimizer.param_groups:
-        group.update({k: v for k, v in settings.items() if k in group})
 
 
 def run_trial(
@@ -269,7 +250,7 @@ def run_trial(
             bs, scale = batch_and_lr(schedule, hp.schedule, hp.batch_size, n, samples, total, history)
             bs = min(bs, n)
         if (bs, scale) != current:
-            _apply(optimizer, hp, hp.settings(bs, scale))
+            apply_settings(optimizer, hp, hp.settings(bs, scale))
             current = (bs, scale)
         if pos + bs > n:
             perm = torch.randperm(n, generator=order).to(device)
@@ -277,7 +258,9 @@ def run_trial(
         if xs is None or xs_perm is not perm:  # the pass's data in its order: batches are views
             xs, ys, xs_perm = workload.x_train[perm], workload.y_train[perm], perm
         assert xs is not None and ys is not None
-        running += train_step(model, optimizer, xs[pos : pos + bs], ys[pos : pos + bs], workload.loss_fn, hp)
+        running += train_step(
+            model, optimizer, xs[pos : pos + bs], ys[pos : pos + bs], workload.loss_fn, hp, budget.micro_batch
+        )
         pos += bs
         samples, updates, interval_samples = samples + bs, updates + 1, interval_samples + bs
         # Report every interval; a stub shorter than half an interval joins the final report.
@@ -335,6 +318,7 @@ def budget_of(spec, n_train: int) -> Budget:
         divergence_factor=spec.budget.divergence_factor,
         noise_batches=(spec.noise.small_batch, spec.noise.large_batch) if spec.noise.enabled else None,
         schedule=spec.schedule,
+        micro_batch=spec.resources.max_micro_batch,
     )
 
 
@@ -363,29 +347,24 @@ def _train(config: dict, spec) -> None:
     import ray
     from ray import tune
 
-    from services.training import workloads
-
     threads = max(1, int(spec.resources.cpus_per_trial))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    workload = workloads.load(spec.workload, device)
-    budget = budget_of(spec, workload.n_train)
     checkpoint = tune.get_checkpoint()
-    resume: Optional[TrialState] = None
-    reported: list[dict] = []
+    saved: Optional[dict] = None
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             # tensors and plain values only: a checkpoint on shared storage cannot run code when loaded
             saved = torch.load(os.path.join(path, STATE_FILE), map_location=device, weights_only=True)
-        resume, reported = TrialState.from_dict(saved), list(saved.get("reported", []))
+    reported: list[dict] = list((saved or {}).pop("reported", []))
     for result in reported:
         tune.report(result)
 
     node_id = ray.get_runtime_context().get_node_id()
     last_checkpoint = time.monotonic()
 
-    def report(metrics: dict, state: TrialState) -> None:
+    def report(metrics: dict, state: TrialState | dict) -> None:
         # a resumed or retried trial continues from its last checkpoint
         nonlocal last_checkpoint
         metrics = {**metrics, m.NODE_ID: node_id}
@@ -393,9 +372,32 @@ def _train(config: dict, spec) -> None:
         if time.monotonic() - last_checkpoint < spec.failures.checkpoint_every_s:
             tune.report(metrics)
             return
+        payload = state.as_dict() if isinstance(state, TrialState) else dict(state)
         with tempfile.TemporaryDirectory() as path:
-            torch.save({**state.as_dict(), "reported": reported}, os.path.join(path, STATE_FILE))
+            torch.save({**payload, "reported": reported}, os.path.join(path, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
         last_checkpoint = time.monotonic()
 
-    run_trial(workload, TrialHParams.from_config(config), budget, report, resume)
+    hp = TrialHParams.from_config(config)
+    if spec.workload.train is not None:  # the user's own loop
+        from services.training.context import TrialContext
+        from services.training.user_loop import resolve_loop
+
+        ctx = TrialContext(
+            hp,
+            total_samples=spec.budget.total_samples(0),
+            interval_samples=spec.budget.interval_samples(None),
+            report=report,
+            schedule=spec.schedule,
+            divergence_factor=spec.budget.divergence_factor,
+            restored=saved,
+            device=device,
+            params=spec.workload.params,
+        )
+        resolve_loop(spec.workload)(ctx)
+        return
+    from services.training import workloads
+
+    workload = workloads.load(spec.workload, device)
+    resume = TrialState.from_dict(saved) if saved is not None else None
+    run_trial(workload, hp, budget_of(spec, workload.n_train), report, resume)

@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 
 from search_spaces.scaling import TrialHParams, derive
-from services.training.train import make_optimizer, train_step
+from services.training.optim import make_optimizer
+from services.training.train import train_step
 from services.training.workloads import Workload, digits_mlp
 
 TOLERANCE = 1e-6

@@ -11,11 +11,9 @@ configuration (:mod:`services.results.holdout`).
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import json
 import os
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from services.spec import SpecError, WorkloadSpec, cut, short
+from services.training.plugins import import_function
 
 
 @dataclass(frozen=True)
@@ -192,21 +191,9 @@ BUILTIN: dict[str, Callable[..., Workload]] = {
 
 
 def _workload_function(name: str) -> Callable[..., Workload]:
-    """The function ``package.module:function`` names: importing its module runs that module's
-    code, like running a Python file; only a function annotated ``-> Workload`` is accepted,
-    so a spec cannot call an arbitrary callable (``os:system``) with its params."""
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SpecError(f"workload.name: cannot import {cut(module_name)} ({cut(str(err), 120)})") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise SpecError(f"workload.name: {cut(module_name)} has no function {cut(attr)}")
-    try:
-        returns = typing.get_type_hints(fn).get("return") if inspect.isfunction(fn) else None
-    except Exception:  # noqa: BLE001 - an annotation that does not resolve is not `-> Workload`
-        returns = None
+    """A user's workload function: only a Python function annotated ``-> Workload``."""
+    fn, hints = import_function("workload.name", name)
+    returns = hints.get("return")
     if not (isinstance(returns, type) and issubclass(returns, Workload)):
         raise SpecError(
             f"workload.name: {cut(name)} is not a workload function: give a Python function "
@@ -250,6 +237,8 @@ def _check_params(fn: Callable[..., Workload], params: dict) -> None:
 
 def resolve(spec: WorkloadSpec) -> Callable[..., Workload]:
     """The workload function of ``spec``, checked against its params; no data is built."""
+    if spec.name is None:
+        raise SpecError("workload.name: a workload.train loop has no Workload to build")
     if spec.name in BUILTIN:
         fn = BUILTIN[spec.name]
     elif ":" in spec.name:
@@ -263,16 +252,22 @@ def resolve(spec: WorkloadSpec) -> Callable[..., Workload]:
     return fn
 
 
-def build(spec: WorkloadSpec) -> Workload:
+def build(spec: WorkloadSpec) -> Workload | None:
     """Build ``spec``'s workload in this process, as the driver does before any trial: a
-    function that raises, or returns anything but a :class:`Workload`, is a bad spec."""
+    function that raises, or returns anything but a :class:`Workload`, is a bad spec. A
+    ``workload.train`` loop is resolved and checked, not run (None)."""
+    if spec.train is not None:
+        from services.training.user_loop import resolve_loop
+
+        resolve_loop(spec)
+        return None
     try:
         workload = load(spec)
     except SpecError:
         raise
     except Exception as err:  # noqa: BLE001 - the user's function failed: say where, in one line
         summary = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-        raise SpecError(f"workload: {cut(spec.name)}(**workload.params) raised {cut(summary, 150)}") from None
+        raise SpecError(f"workload: {cut(spec.label)}(**workload.params) raised {cut(summary, 150)}") from None
     check(workload)
     return workload
 
@@ -306,5 +301,7 @@ def check(workload: Workload, source: str = "workload") -> None:
 
 def load(spec: WorkloadSpec, device: torch.device | str = "cpu") -> Workload:
     """Build (once per process, so reused Tune actors skip it) and move to ``device``."""
+    if spec.name is None:
+        raise SpecError("workload.name: a workload.train loop has no Workload to load")
     workload = _load_cached(spec.name, json.dumps(spec.params, sort_keys=True))
     return workload.to(torch.device(device))

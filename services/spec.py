@@ -144,6 +144,10 @@ class ResourcesSpec(_Frozen):
     cpus_per_trial: float = Field(default=1.0, gt=0, allow_inf_nan=False, le=4096)
     gpus_per_trial: float = Field(default=0.25, ge=0, le=1, allow_inf_nan=False)
     """GPU fraction per trial, used only when the Ray cluster has GPUs."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp32; bf16: autocast (float32's range, no scaler); fp16: autocast and a gradient scaler
+    (steps whose scaled gradients overflow are skipped and the scale lowered; sum reduction
+    included). On CUDA when the trial has a GPU; on CPU too, where it is rarely faster."""
     max_micro_batch: Optional[int] = Field(default=None, ge=1, le=MAX_BATCH)
     """Most samples one forward/backward pass holds: a larger batch size runs as several
     micro-batches whose gradients accumulate into one update, the reduction taken over the whole

@@ -74,3 +74,29 @@ def test_measuring_the_noise_scale_leaves_batchnorm_statistics_alone():
     NoiseScale(16, 64).measure(model, bn)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_char_level_gpt_builds_locally_and_learns():
+    import math
+
+    import torch
+
+    from search_spaces import derive
+    from services.training.optim import make_optimizer
+    from services.training.train import evaluate, train_step
+    from services.training.workloads import charlm_gpt, check
+
+    w = charlm_gpt(corpus_chars=40_000, n_layer=1)
+    check(w)  # one loss per sample: the mean over its window's tokens
+    assert w.x_train.shape[1] == 64 and torch.equal(w.x_train[0, 1:], w.y_train[0, :-1])  # next characters
+    torch.manual_seed(0)
+    model = w.model_fn()
+    before, _ = evaluate(model, w)
+    vocab = model.head.out_features
+    assert abs(before - math.log(vocab)) < 0.5  # at chance, per token
+    hp = derive(batch_size=32, reduction="mean", optimizer="adamw", lr_per_sample=5e-4, weight_decay=0.1)
+    opt = make_optimizer(model, hp)
+    for i in range(45):
+        j = i % (w.n_train // 32)
+        train_step(model, opt, w.x_train[j * 32 : (j + 1) * 32], w.y_train[j * 32 : (j + 1) * 32], w.loss_fn, hp)
+    assert evaluate(model, w)[0] < before - 0.5

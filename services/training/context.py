@@ -28,6 +28,7 @@ from search_spaces.schedules import Schedule, batch_and_lr
 from services import metrics as m
 from services.spec import short
 from services.training.optim import apply_settings, make_optimizer
+from services.training.precision import Precision
 
 NONFINITE_OBJECTIVE = 1e30
 """The objective reported for a trial whose loss was NaN/inf from the start: finite, and worse
@@ -85,6 +86,7 @@ class TrialContext:
         restored: Optional[dict] = None,
         device: str = "cpu",
         params: Optional[Mapping[str, Any]] = None,
+        precision: str = "fp32",
     ):
         self.hp = hp
         self.params: Mapping[str, Any] = dict(params or {})
@@ -95,6 +97,10 @@ class TrialContext:
         """Samples between two reports: each report is an evaluation and a round trip to Tune."""
         self.device = device
         """Where the trial should train: "cuda" when Ray gave it a GPU, else "cpu"."""
+        self.precision = Precision(precision, device)
+        """The spec's ``resources.precision``: ``with ctx.precision.autocast():`` around the forward
+        pass, ``ctx.precision.backward(loss)`` and ``ctx.precision.step(optimizer)`` (fp16 scales
+        the loss and skips overflowing steps)."""
         self.divergence_factor = divergence_factor
         self._schedule, self._n_train = schedule or Schedule(), n_train
         self._report = report
@@ -108,13 +114,14 @@ class TrialContext:
         self.updates: int = int(own.get("updates", 0))
         self.initial_loss: Optional[float] = own.get("initial_loss")
         self.val_history: list[float] = list(own.get("val_history", []))
+        self.precision.load_state_dict(own.get("scaler"))
 
     # -- for the loop -------------------------------------------------------------------------
 
     def optimizer(self, params: Iterable) -> torch.optim.Optimizer:
         """The trial's optimizer over ``params`` (a model's parameters or param groups); its
         steps are counted, and the schedule's LR is applied to it."""
-        optimizer = make_optimizer(params, self.hp)
+        optimizer = make_optimizer(params, self.hp, fused=self.precision.scaler is None)
         optimizer.register_step_post_hook(self._count_update)
         self._optimizers.append(optimizer)
         if self._current is not None:
@@ -189,6 +196,7 @@ class TrialContext:
                 "updates": self.updates,
                 "initial_loss": self.initial_loss,
                 "val_history": list(self.val_history),
+                "scaler": self.precision.state_dict(),
             },
             "loop": state,
         }

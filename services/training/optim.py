@@ -18,13 +18,15 @@ __all__ = ["apply_settings", "make_optimizer"]
 
 
 def make_optimizer(
-    model_or_params: Union[nn.Module, Iterable[torch.Tensor], Iterable[dict]], hp: TrialHParams
+    model_or_params: Union[nn.Module, Iterable[torch.Tensor], Iterable[dict]], hp: TrialHParams, fused: bool = True
 ) -> torch.optim.Optimizer:
     """The torch optimizer of ``hp`` over a model's parameters (or given parameters / groups).
 
     It uses torch's fused kernel (one call updates every parameter) where torch has one for
     these parameters, else its default: on small models the per-parameter Python loop of the
-    default implementation is a large part of each step.
+    default implementation is a large part of each step. ``fused=False`` never uses it: with
+    fp16's gradient scaler, torch 2.13's fused SGD on CPU turned the loss NaN after the first
+    unskipped step, where the default implementation trains.
     """
     params: list[Any] = list(
         model_or_params.parameters() if isinstance(model_or_params, nn.Module) else model_or_params
@@ -41,7 +43,7 @@ def make_optimizer(
     else:
         raise ValueError(f"optimizer: unknown {hp.optimizer!r}")
     try:
-        optimizer = cls(params, fused=True, **kwargs)
+        optimizer = cls(params, fused=True, **kwargs) if fused else cls(params, **kwargs)
     except RuntimeError:  # no fused kernel for these parameters' device or dtype
         optimizer = cls(params, **kwargs)
     if hp.decoupled_decay and hp.weight_decay and hp.optimizer != "adamw":

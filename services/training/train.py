@@ -31,7 +31,10 @@ from services import metrics as m
 from services.training.context import NONFINITE_OBJECTIVE
 from services.training.noise import NoiseScale
 from services.training.optim import apply_settings, make_optimizer
+from services.training.precision import Precision
 from services.training.workloads import Workload
+
+FP32 = Precision("fp32")
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,11 @@ def _time_limit(timeout_s: Optional[float], trial_dir: str):
         done.set()
 
 
+def _wide(losses: torch.Tensor) -> torch.Tensor:
+    """Losses summed in at least float32 (a float16 / bfloat16 loss is widened first)."""
+    return losses.to(torch.promote_types(losses.dtype, torch.float32))
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -90,34 +98,45 @@ def train_step(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     hp: TrialHParams,
     micro_batch: Optional[int] = None,
+    precision: Optional[Precision] = None,
 ) -> torch.Tensor:
     """One update on the batch (x, y); returns the batch's summed per-sample loss (no sync).
 
     With ``micro_batch`` smaller than the batch, the gradient is accumulated over micro-batches
     of at most that many samples: each contributes its summed loss, divided by the size of the
     whole batch under mean reduction (never by its own size), so the update is the one of the
-    whole batch and only the memory differs.
+    whole batch and only the memory differs. ``precision`` autocasts the forward passes and
+    scales the loss for fp16 (:mod:`services.training.precision`).
     """
+    precision = precision or FP32
     n = x.shape[0]
     optimizer.zero_grad(set_to_none=True)
     if not micro_batch or micro_batch >= n:
-        total = loss_fn(model(x), y).sum()
-        (total if hp.reduction == "sum" else total / n).backward()
+        with precision.autocast():
+            total = _wide(loss_fn(model(x), y)).sum()
+        precision.backward(total if hp.reduction == "sum" else total / n)
         total = total.detach()
     else:  # normalization (BatchNorm) sees micro-batches: its statistics are theirs
         parts = []
         for start in range(0, n, micro_batch):
-            part = loss_fn(model(x[start : start + micro_batch]), y[start : start + micro_batch]).sum()
-            (part if hp.reduction == "sum" else part / n).backward()
+            with precision.autocast():
+                part = _wide(loss_fn(model(x[start : start + micro_batch]), y[start : start + micro_batch])).sum()
+            precision.backward(part if hp.reduction == "sum" else part / n)
             parts.append(part.detach())
         total = torch.stack(parts).sum()
-    optimizer.step()
+    precision.step(optimizer)
     return total
 
 
 @torch.inference_mode()
 def evaluate_split(
-    model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, loss_fn, classification: bool, chunk: int = 8192
+    model: nn.Module,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    loss_fn,
+    classification: bool,
+    chunk: int = 8192,
+    precision: Optional[Precision] = None,
 ) -> tuple[float, Optional[float]]:
     """(per-sample loss, accuracy or None for regression) of ``model`` on one split."""
     model.eval()
@@ -126,17 +145,22 @@ def evaluate_split(
     n = x_all.shape[0]
     for start in range(0, n, chunk):
         x, y = x_all[start : start + chunk], y_all[start : start + chunk]
-        out = model(x)
-        total += loss_fn(out, y).sum()
+        with (precision or FP32).autocast():
+            out = model(x)
+            total += _wide(loss_fn(out, y)).sum()
         if classification:
             correct += (out.argmax(dim=1) == y).sum()
     model.train()
     return (total / n).item(), ((correct / n).item() if classification else None)
 
 
-def evaluate(model: nn.Module, workload: Workload) -> tuple[float, Optional[float]]:
+def evaluate(
+    model: nn.Module, workload: Workload, precision: Optional[Precision] = None
+) -> tuple[float, Optional[float]]:
     """(per-sample loss, accuracy or None) on the validation set."""
-    return evaluate_split(model, workload.x_val, workload.y_val, workload.loss_fn, workload.classification)
+    return evaluate_split(
+        model, workload.x_val, workload.y_val, workload.loss_fn, workload.classification, precision=precision
+    )
 
 
 @dataclass(frozen=True)
@@ -152,6 +176,8 @@ class Budget:
     """Batch-size / LR schedule; its kind is the trial's own (``hp.schedule``)."""
     micro_batch: Optional[int] = None
     """Largest micro-batch of one forward/backward pass; larger batches accumulate gradients."""
+    precision: str = "fp32"
+    """fp32, bf16 or fp16 (:mod:`services.training.precision`)."""
 
 
 @dataclass
@@ -178,6 +204,8 @@ class TrialState:
     """Val loss before the first update (the divergence threshold is a multiple of it)."""
     noise: Optional[dict[str, Any]] = None
     """The gradient-noise estimator's EMA and generator, when it runs."""
+    scaler: Optional[dict[str, Any]] = None
+    """The fp16 gradient scaler's scale and counters."""
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -213,16 +241,17 @@ def run_trial(
     torch.manual_seed(hp.seed)
     device = workload.x_train.device
     model = workload.model_fn().to(device)
-    optimizer = make_optimizer(model, hp)
+    optimizer = make_optimizer(model, hp, fused=budget.precision != "fp16")
     order = torch.Generator(device="cpu").manual_seed(hp.seed)
     n, total = workload.n_train, budget.total_samples
     schedule = budget.schedule
     noise = NoiseScale(*budget.noise_batches, seed=hp.seed) if budget.noise_batches else None
+    precision = Precision(budget.precision, device)
 
     perm = torch.empty(0, dtype=torch.long, device=device)
     pos, samples, updates, history = n, 0, 0, []  # pos = n forces a fresh permutation first
     if resume is None:
-        initial_loss, _ = evaluate(model, workload)
+        initial_loss, _ = evaluate(model, workload, precision)
     else:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
@@ -232,6 +261,7 @@ def run_trial(
         initial_loss = resume.initial_loss
         if noise is not None and resume.noise:
             noise.load_state_dict(resume.noise)
+        precision.load_state_dict(resume.scaler)
     # a model whose loss is NaN/inf before any update diverges at its first report, finitely
     threshold = (
         budget.divergence_factor * max(initial_loss, 1e-12) if math.isfinite(initial_loss) else NONFINITE_OBJECTIVE
@@ -259,7 +289,14 @@ def run_trial(
             xs, ys, xs_perm = workload.x_train[perm], workload.y_train[perm], perm
         assert xs is not None and ys is not None
         running += train_step(
-            model, optimizer, xs[pos : pos + bs], ys[pos : pos + bs], workload.loss_fn, hp, budget.micro_batch
+            model,
+            optimizer,
+            xs[pos : pos + bs],
+            ys[pos : pos + bs],
+            workload.loss_fn,
+            hp,
+            budget.micro_batch,
+            precision,
         )
         pos += bs
         samples, updates, interval_samples = samples + bs, updates + 1, interval_samples + bs
@@ -269,7 +306,7 @@ def run_trial(
         next_report = (samples // budget.interval_samples + 1) * budget.interval_samples
         elapsed = time.perf_counter() - interval_start
         train_loss = running.item() / interval_samples
-        val_loss, val_acc = evaluate(model, workload)
+        val_loss, val_acc = evaluate(model, workload, precision)
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss)) or max(train_loss, val_loss) > threshold
         history.append(val_loss)
         last = {
@@ -301,6 +338,7 @@ def run_trial(
             pos=pos,
             initial_loss=initial_loss,
             noise=noise.state_dict() if noise else None,
+            scaler=precision.state_dict(),
         )
         report(last, state)
         if diverged:
@@ -319,6 +357,7 @@ def budget_of(spec, n_train: int) -> Budget:
         noise_batches=(spec.noise.small_batch, spec.noise.large_batch) if spec.noise.enabled else None,
         schedule=spec.schedule,
         micro_batch=spec.resources.max_micro_batch,
+        precision=spec.resources.precision,
     )
 
 
@@ -393,6 +432,7 @@ def _train(config: dict, spec) -> None:
             restored=saved,
             device=device,
             params=spec.workload.params,
+            precision=spec.resources.precision,
         )
         resolve_loop(spec.workload)(ctx)
         return

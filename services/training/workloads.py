@@ -183,10 +183,39 @@ def mnist1d_cnn(
     )
 
 
+def charlm_gpt(
+    block_size: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_embd: int = 64,
+    corpus_chars: int = 300_000,
+    val_fraction: float = 0.1,
+) -> Workload:
+    """A character-level GPT (:mod:`services.training.charlm`) on Python's own standard-library
+    source, built locally: loss per token (every window holds ``block_size`` tokens)."""
+    from services.training import charlm
+
+    text = charlm.corpus(corpus_chars)
+    vocab = {ch: i for i, ch in enumerate(sorted(set(text)))}
+    split = int(len(text) * (1 - val_fraction))
+    x_train, y_train = charlm.windows(text[:split], vocab, block_size)
+    x_val, y_val = charlm.windows(text[split:], vocab, block_size)
+    return Workload(
+        lambda: charlm.CharGPT(len(vocab), block_size, n_layer, n_head, n_embd),
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        loss_fn=charlm.per_sequence_token_loss,
+        classification=False,
+    )
+
+
 BUILTIN: dict[str, Callable[..., Workload]] = {
     "digits_mlp": digits_mlp,
     "mnist1d_mlp": mnist1d_mlp,
     "mnist1d_cnn": mnist1d_cnn,
+    "charlm_gpt": charlm_gpt,
 }
 
 

@@ -27,7 +27,7 @@ from services.spec import SweepSpec, check_cpus
 from services.tracking import callback as tracking
 from services.tracking import store
 from services.training import workloads
-from services.training.train import tune_trainable
+from services.training.trainable import tune_trainable
 
 
 @dataclass(frozen=True)

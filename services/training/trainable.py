@@ -1,0 +1,154 @@
+"""The Ray Tune side of a trial: the function trainable, its checkpoints, and the time limit.
+
+:func:`tune_trainable` runs one trial of a sweep in a Tune worker: samplewise's own loop
+(:func:`services.training.train.run_trial`) or the user's ``train(ctx)``
+(:mod:`services.training.user_loop`), reporting to Tune and checkpointing the state that a
+retry or ``make resume`` continues from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import Optional
+
+import torch
+
+from search_spaces.scaling import TrialHParams, config_key
+from services import metrics as m
+from services.training.train import TrialState, budget_of, run_trial
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trial_state.pt"
+TIMED_OUT_FILE = "samplewise_timed_out"
+"""Left in a trial's directory when it timed out: a retry of that trial fails at once."""
+TIMEOUT_GRACE_S = 5.0
+"""How long a timed-out trial's training thread has to stop before its worker process ends."""
+
+
+class TrialTimeout(RuntimeError):
+    """A trial ran past ``failures.trial_timeout_s``."""
+
+
+@contextlib.contextmanager
+def _time_limit(timeout_s: Optional[float], trial_dir: str):
+    """Fail the trial with :class:`TrialTimeout` ("timed out after N s") once it has run
+    ``timeout_s`` seconds in this attempt. A watchdog thread raises the error in the training
+    thread; training stuck in C code (a sleep, a hung collective) does not see it, so after
+    ``TIMEOUT_GRACE_S`` the worker process exits. The marker file makes Tune's retries of a
+    timed-out trial fail at once instead of hanging again."""
+    if not timeout_s:
+        yield
+        return
+    message = f"timed out after {timeout_s:g} s"
+    marker = os.path.join(trial_dir, TIMED_OUT_FILE)
+    if os.path.exists(marker):
+        raise TrialTimeout(message)
+    done, target = threading.Event(), threading.get_ident()
+
+    def watchdog() -> None:
+        if done.wait(timeout_s):
+            return
+        with open(marker, "w") as f:
+            f.write(message)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(TrialTimeout))
+        if done.wait(TIMEOUT_GRACE_S):
+            return
+        log.error("trial %s and did not stop; ending its worker process", message)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="samplewise-trial-timeout", daemon=True).start()
+    try:
+        yield
+    except TrialTimeout:
+        raise TrialTimeout(message) from None
+    finally:
+        done.set()
+
+
+def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
+    """The Ray Tune function trainable: one trial of ``spec`` with hyperparameters ``config``.
+
+    ``replay`` (a resumed sweep) maps configurations that a dead driver already trained to the
+    end to what they reported: such a trial reports that again, for the searcher and the
+    scheduler, instead of training. A trial continued from a checkpoint first reports again
+    what it reported before the checkpoint, so the tracker can write whatever the dead driver
+    had not (it skips what MLflow already holds).
+    """
+    from ray import tune
+
+    recorded = (replay or {}).get(config_key(config))
+    if recorded:
+        for result in recorded:
+            tune.report(result)
+        return
+    timeout_s = spec.failures.trial_timeout_s
+    with _time_limit(timeout_s, tune.get_context().get_trial_dir()):
+        _train(config, spec)
+
+
+def _train(config: dict, spec) -> None:
+    import ray
+    from ray import tune
+
+    threads = max(1, int(spec.resources.cpus_per_trial))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    checkpoint = tune.get_checkpoint()
+    saved: Optional[dict] = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            # tensors and plain values only: a checkpoint on shared storage cannot run code when loaded
+            saved = torch.load(os.path.join(path, STATE_FILE), map_location=device, weights_only=True)
+    reported: list[dict] = list((saved or {}).pop("reported", []))
+    for result in reported:
+        tune.report(result)
+
+    node_id = ray.get_runtime_context().get_node_id()
+    last_checkpoint = time.monotonic()
+
+    def report(metrics: dict, state: TrialState | dict) -> None:
+        # a resumed or retried trial continues from its last checkpoint
+        nonlocal last_checkpoint
+        metrics = {**metrics, m.NODE_ID: node_id}
+        reported.append(metrics)
+        if time.monotonic() - last_checkpoint < spec.failures.checkpoint_every_s:
+            tune.report(metrics)
+            return
+        payload = state.as_dict() if isinstance(state, TrialState) else dict(state)
+        with tempfile.TemporaryDirectory() as path:
+            torch.save({**payload, "reported": reported}, os.path.join(path, STATE_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
+        last_checkpoint = time.monotonic()
+
+    hp = TrialHParams.from_config(config)
+    if spec.workload.train is not None:  # the user's own loop
+        from services.training.context import TrialContext
+        from services.training.user_loop import resolve_loop
+
+        ctx = TrialContext(
+            hp,
+            total_samples=spec.budget.total_samples(0),
+            interval_samples=spec.budget.interval_samples(None),
+            report=report,
+            schedule=spec.schedule,
+            divergence_factor=spec.budget.divergence_factor,
+            restored=saved,
+            device=device,
+            params=spec.workload.params,
+            precision=spec.resources.precision,
+        )
+        resolve_loop(spec.workload)(ctx)
+        return
+    from services.training import workloads
+
+    workload = workloads.load(spec.workload, device)
+    resume = TrialState.from_dict(saved) if saved is not None else None
+    run_trial(workload, hp, budget_of(spec, workload.n_train), report, resume)

@@ -69,7 +69,7 @@ def cmd_down(args) -> int:
 
 def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
     from services.errors import TrackingError
-    from services.results import export
+    from services.results import records
     from services.tracking import store
 
     try:  # a server that does not answer must not hold status up: MLflow would retry for minutes
@@ -82,8 +82,8 @@ def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
     try:
         client = store.client_for(uri)
-        parent = export.find_parent_run(client, sweep)
-        runs = export.load_records(client, parent)
+        parent = records.find_parent_run(client, sweep)
+        runs = records.load_records(client, parent)
     except Exception as err:  # status must print whatever it can
         return f"trials unknown ({str(err).splitlines()[0][:80]})"
     states = [r.status for r in runs]
@@ -163,13 +163,13 @@ def cmd_ui_check(args) -> int:
     spec = load_spec(args.spec)
     from services.ops import local
     from services.ops.ui_check import check_runs_page
-    from services.results import export
+    from services.results import records
     from services.tracking import store
 
     uri = args.tracking_uri or paths.tracking_uri()
     client = store.client_for(uri)
-    parent = export.find_parent_run(client, spec.name)
-    children = [r.run_id for r in export.load_records(client, parent)]
+    parent = records.find_parent_run(client, spec.name)
+    children = [r.run_id for r in records.load_records(client, parent)]
     out = Path(args.out or paths.state_dir() / "ui-check.png")
     server = None
     if uri.startswith("sqlite:"):

@@ -42,15 +42,15 @@ def cmd_validate(args) -> int:
 
 
 def _summary(outcome, args, spec) -> int:
-    from services.results import export
+    from services.results import records
     from services.results.analysis import format_outcomes, format_table, summarize
     from services.tracking import store
 
     client = store.client_for(outcome.tracking_uri)
-    records = export.load_records(client, client.get_run(outcome.parent_run_id))
+    trials = records.load_records(client, client.get_run(outcome.parent_run_id))
     print()
-    print(format_table(summarize(records, spec.space.lr_ranges())))
-    print(format_outcomes(records))
+    print(format_table(summarize(trials, spec.space.lr_ranges())))
+    print(format_outcomes(trials))
     print(f"\nMLflow parent run {outcome.parent_run_id}; export the constants with: make export SWEEP={args.spec}")
     if outcome.num_errors and outcome.num_errors >= spec.num_trials:
         print(f"samplewise: every trial of {spec.name} failed; see the errors above", file=sys.stderr)
@@ -118,20 +118,20 @@ def cmd_export(args) -> int:
 
 def cmd_compare(args) -> int:
     spec = load_spec(args.spec)
-    from services.results import compare, export
+    from services.results import compare, records
     from services.tracking import store
 
     uri = args.tracking_uri or paths.tracking_uri()
     client = store.client_for(uri)
-    parent = export.find_parent_run(client, spec.name, args.parent_run_id)
-    records = export.load_records(client, parent)
+    parent = records.find_parent_run(client, spec.name, args.parent_run_id)
+    trials = records.load_records(client, parent)
     if parent.info.status == "RUNNING":
         print(
             f"samplewise: warning: sweep {spec.name} is still running; this compares the trials done so far",
             file=sys.stderr,
         )
     table, files = compare.report(
-        client, spec.name, parent.info.run_id, records, Path(args.out_dir or paths.exports_dir())
+        client, spec.name, parent.info.run_id, trials, Path(args.out_dir or paths.exports_dir())
     )
     print(table)
     print("wrote " + ", ".join(str(f) for f in files) + f" (also on MLflow run {parent.info.run_id})")

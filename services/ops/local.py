@@ -287,11 +287,11 @@ def stop_driver(record: dict, grace_s: float) -> bool:
     if processes.alive(record["pid"]):
         _stop_group(record["pid"])
         try:
-            from services.results import export
+            from services.results import records
             from services.tracking import store
 
             client = store.client_for(record["tracking_uri"])
-            parent = export.find_parent_run(client, record["sweep"])
+            parent = records.find_parent_run(client, record["sweep"])
             if parent.info.status == "RUNNING":
                 client.set_terminated(parent.info.run_id, status="KILLED")
         except Exception:  # noqa: BLE001 - the run stays RUNNING; make resume still continues it

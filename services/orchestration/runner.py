@@ -323,7 +323,8 @@ def resume_sweep(
     searcher goes on to the spec's trial count. The same MLflow parent run is reused and each
     trial keeps its one child run (the tracker adopts the runs the dead driver created).
     """
-    from services.results.export import ExportError, find_parent_run
+    from services.errors import ExportError
+    from services.results.records import find_parent_run
 
     stream = stream or sys.stdout
     uri = tracking_uri or paths.tracking_uri()

@@ -67,3 +67,37 @@ def test_a_restored_tracker_without_its_parent_run_stops_the_sweep(tracking_uri)
     restored.close()
     with pytest.raises(TrackingError, match="no MLflow parent run for Ray run /ray/smoke-1"):
         restored.on_step_begin(iteration=3, trials=[])
+
+
+# Ray's memory monitor reports a kill by two routes; both must give the trial the same reason.
+_RAY_ADVICE = (
+    "Refer to the documentation on how to address the out of memory issue: https://docs.ray.io/en/"
+    "latest/ray-observability/user-guides/debug-apps/debug-memory.html. Consider provisioning more "
+    "memory on this node or reducing task parallelism by requesting more CPUs per task. To adjust the "
+    "kill threshold, set the environment variable `RAY_memory_usage_threshold` when starting Ray."
+)
+_AS_ACTOR_DEATH = (
+    "Failure # 1 (occurred at 2026-11-22_10-00-00)\n"
+    "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n"
+    "\tclass_name: ImplicitFunc\n\tactor_id: 5d1e\n\tpid: 4242\n"
+    "1 worker(s) were killed due to the node running low on memory. "
+    "Memory on the node (IP: 10.0.0.2, ID: 9f3a) was 2.95GB used / 2.82GB limit (1.046)\n" + _RAY_ADVICE + "\n"
+)
+_AS_TASK_ERROR = "Failure # 1\nTraceback (most recent call last):\n  ...\nValueError: bad shape\n"
+
+
+@pytest.mark.parametrize(
+    "text, summary",
+    [
+        (_AS_ACTOR_DEATH, "killed by Ray's memory monitor (node memory 2.95GB used / 2.82GB limit)"),
+        (_AS_TASK_ERROR, "ValueError: bad shape"),
+        ("", "trial failed"),
+    ],
+    ids=["memory-kill-as-actor-death", "task-error", "no-error-file-text"],
+)
+def test_a_failed_trial_gets_one_line_naming_its_cause(text, summary, tmp_path):
+    from services.tracking.callback import error_summary
+
+    error_file = tmp_path / "error.txt"
+    error_file.write_text(text)
+    assert error_summary(SimpleNamespace(error_file=str(error_file))).startswith(summary)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -149,11 +148,8 @@ def _memory_kills_fail_trials() -> None:
 
     def handle_memory_kill(self, tracked_actor_task, exception):
         if isinstance(exception, OutOfMemoryError):
-            usage = re.search(r"was ([\d.]+GB used / [\d.]+GB limit)", str(exception))
-            exception = KilledForMemory(
-                error_msg="killed by Ray's memory monitor (node memory "
-                f"{usage.group(1) if usage else 'nearly full'}); give the trial less to hold"
-            )
+            reason = tracking.memory_kill_reason(f"OutOfMemoryError: {exception}")
+            exception = KilledForMemory(error_msg=reason or "killed by Ray's memory monitor")
         return handle(self, tracked_actor_task, exception)
 
     setattr(handle_memory_kill, "samplewise", True)  # noqa: B010 - marks the wrapper as installed

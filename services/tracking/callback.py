@@ -10,6 +10,7 @@ themselves (:class:`services.tracking.runs.SweepRuns`) run in order on a backgro
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import TYPE_CHECKING, Mapping
 
@@ -24,11 +25,32 @@ from services.tracking.writer import Writer
 if TYPE_CHECKING:
     from services.spec import SweepSpec
 
-__all__ = ["PARENT_TAG", "MlflowTracker", "error_summary"]
+__all__ = ["PARENT_TAG", "MlflowTracker", "error_summary", "memory_kill_reason"]
+
+
+_MEMORY_KILL = re.compile(r"running low on memory|memory pressure \(OOM\)|OutOfMemoryError")
+_MEMORY_USAGE = re.compile(r"was ([\d.]+GB used / [\d.]+GB limit)")
+
+
+def memory_kill_reason(text: str) -> str | None:
+    """The reason for a trial whose worker Ray's memory monitor killed, or None if ``text`` (an
+    error message or traceback) says nothing of it.
+
+    Ray reports the kill by more than one route: as ``OutOfMemoryError`` from the trial's task,
+    or as the actor's death (``ActorDiedError``) whose message ends with Ray's advice. Both carry
+    the node's usage ("was 2.9GB used / 3.0GB limit"), which the reason keeps."""
+    if not _MEMORY_KILL.search(text):
+        return None
+    usage = _MEMORY_USAGE.search(text)
+    return (
+        "killed by Ray's memory monitor (node memory "
+        f"{usage.group(1) if usage else 'nearly full'}); give the trial less to hold"
+    )
 
 
 def error_summary(trial) -> str:
-    """The last line of a failed trial's traceback (e.g. ``ValueError: bad shape``)."""
+    """One line for a failed trial: the memory monitor's kill (:func:`memory_kill_reason`), else
+    the last line of its traceback (e.g. ``ValueError: bad shape``)."""
     text = ""
     try:  # Tune writes the error to the trial's local directory before calling back
         if trial.error_file:
@@ -36,6 +58,9 @@ def error_summary(trial) -> str:
                 text = f.read()
     except OSError:
         pass
+    reason = memory_kill_reason(text)
+    if reason:
+        return reason
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure #")]
     return (lines[-1] if lines else "trial failed")[:500]
 

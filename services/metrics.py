@@ -1,8 +1,8 @@
 """Reserved metric, param and tag names: the public contract users see in Tune and MLflow.
 
 Defined once here; the hyperparameter names are the fields of ``TrialHParams``. Losses are
-per sample whatever the reduction, and MLflow steps are samples seen, so runs of different
-batch sizes overlay.
+per sample whatever the reduction (per item for a per-item loss: see ``TAG_LOSS_UNIT``), and
+MLflow steps are samples seen, so runs of different batch sizes overlay.
 """
 
 from typing import Any, Mapping
@@ -72,7 +72,24 @@ REPORTED = (
     MAX_RSS_MB,
     B_SIMPLE,
 )
-"""Every metric a trial reports; the tracker logs these and nothing Tune adds."""
+"""Every metric a trial reports; the tracker logs these, a workload's own ``val/<name>``
+metrics (:func:`is_workload_metric`), and nothing Tune adds."""
+
+WORKLOAD_METRIC_PREFIX = "val/"
+"""A workload's own validation metrics (``Workload.metrics``, or a loop's report) are named
+``val/<name>``: the mean of a per-sample value over the validation split."""
+
+
+def is_workload_metric(name: str) -> bool:
+    """A workload's own ``val/<name>`` metric: one plain name after the prefix."""
+    rest = name[len(WORKLOAD_METRIC_PREFIX) :]
+    return name.startswith(WORKLOAD_METRIC_PREFIX) and rest.replace("_", "").isalnum() and len(rest) <= 64
+
+
+def is_reported(name: str) -> bool:
+    """Whether the tracker logs a result's ``name``: a reserved metric or a workload's own."""
+    return name in REPORTED or is_workload_metric(name)
+
 
 PARAMS = PARAM_NAMES + ("workload",)
 """Params of each trial's MLflow run: the hyperparameters (their one schema is
@@ -87,6 +104,9 @@ TAG_STOPPED_EARLY = "samplewise.stopped_early"
 TAG_ERROR = "samplewise.error"
 TAG_SPEC_PATH = "samplewise.spec"
 TAG_BUDGET_SAMPLES = "samplewise.budget_samples"
+TAG_LOSS_UNIT = "samplewise.loss_unit"
+"""On the parent run: what every loss of the sweep is per, "sample" or "item" (a per-item loss,
+e.g. tokens: the ``*_per_sample`` metrics then hold losses per item)."""
 TAG_NODE_ID = "samplewise.node_id"
 TAG_RAY_RUN = "samplewise.ray_run"
 TAG_SUPERSEDED = "samplewise.superseded"

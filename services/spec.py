@@ -33,9 +33,18 @@ class WorkloadSpec(_Frozen):
     params: dict[str, Any] = {}
     """Keyword arguments of the workload function (model width, data size, ...); for a ``train``
     loop, what it finds in ``ctx.params``."""
+    loss_unit: Optional[Literal["sample", "item"]] = None
+    """For a ``train`` loop: what its reported losses are per, "sample" (the default) or "item"
+    (tokens: a loop whose ``ctx.reduce`` counts items). A workload function says it itself
+    (``Workload.items``)."""
 
     @model_validator(mode="after")
     def _one(self) -> "WorkloadSpec":
+        if self.loss_unit is not None and self.train is None:
+            raise ValueError(
+                f"loss_unit: {self.loss_unit!r} is for a workload.train loop; a workload function sets "
+                "Workload.items for per-item losses"
+            )
         if self.name is None and self.train is None:
             raise ValueError("name: required: a workload, or give workload.train (your own training loop)")
         if self.name is not None and self.train is not None:

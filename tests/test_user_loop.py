@@ -2,6 +2,7 @@
 through real Ray Tune and MLflow: tracked, exported, failed with the broken contract named,
 and resumed after a kill -9 of the driver."""
 
+import json
 import os
 import subprocess
 import sys
@@ -101,5 +102,7 @@ def test_a_dataloader_loop_sweep_survives_kill_9_and_resume_with_whole_curves(tm
         assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] >= 4 * 1437, (run.info.run_name, steps)
         assert len(steps) == 5, steps  # the initial loss, then one report per epoch, none lost or doubled
         assert run.data.metrics[m.UPDATES] > 0 and run.data.metrics[m.DIVERGED] == 0.0
-    exported = _run("export", "resume.yaml", "--tracking-uri", uri, cwd=tmp_path)
+    exported = _run("export", "resume.yaml", "--tracking-uri", uri, "--out-dir", "out", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr[-2000:]
+    doc = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert doc["loss_unit"] == "sample" and doc["constants"], doc.keys()

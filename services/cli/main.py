@@ -29,7 +29,7 @@ def _load_checked(path: str):
     from services.training import workloads
 
     spec = load_spec(path)
-    workloads.build(spec.workload)  # builds the data once; the driver reuses it
+    workloads.survey(spec.workload)  # builds and checks it; the driver keeps only its facts
     if not paths.ray_address():  # a local Ray gets this machine's CPUs; a cluster is checked on connecting
         check_cpus(spec, float(os.cpu_count() or 1))
     return spec

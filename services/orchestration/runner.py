@@ -242,8 +242,9 @@ def run_sweep(
     uri = tracking_uri or paths.tracking_uri()
     if track:
         store.check_store(uri)
-    workload = workloads.build(spec.workload)  # a bad workload fails here, before anything starts
-    n_train = workload.n_train if workload is not None else None  # a user's loop: budget in samples
+    # a bad workload fails here, before anything starts; a user's loop (None): budget in samples
+    facts = workloads.survey(spec.workload)
+    n_train = facts.n_train
     budget_samples = spec.budget.total_samples(n_train or 0)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = storage_path or paths.storage_path()
@@ -255,7 +256,11 @@ def run_sweep(
             budget_samples,
             spec_path=spec_path,
             artifact_location=paths.artifact_location(uri, spec.name),
-            parent_tags={m.TAG_BUDGET_SAMPLES: str(budget_samples), m.TAG_RAY_RUN: f"{storage}/{run_name}"},
+            parent_tags={
+                m.TAG_BUDGET_SAMPLES: str(budget_samples),
+                m.TAG_RAY_RUN: f"{storage}/{run_name}",
+                m.TAG_LOSS_UNIT: facts.loss_unit,
+            },
         )
     started = False
     try:

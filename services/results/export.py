@@ -200,6 +200,7 @@ def build_export(
         "tracking_uri": client.tracking_uri,
         "workload": parent.data.params.get("workload.name") or parent.data.params.get("workload.train"),
         "objective": m.OBJECTIVE,
+        "loss_unit": parent.data.tags.get(m.TAG_LOSS_UNIT, "sample"),
         "budget_samples": int(parent.data.tags.get(m.TAG_BUDGET_SAMPLES, 0)),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "constants": [_group_doc(g, parent.data.params, tests.get(g.name)) for g in groups],
@@ -250,7 +251,9 @@ def export_sweep(
     doc = build_export(client, sweep, records=records, groups=groups, parent=parent, tests=tests)
     files = write_export(doc, out_dir, client)
     if plots:
-        pngs = write_plots(doc["sweep"], records, groups, best_histories(client, groups, records), out_dir)
+        pngs = write_plots(
+            doc["sweep"], records, groups, best_histories(client, groups, records), out_dir, doc["loss_unit"]
+        )
         for png in pngs:
             client.log_artifact(parent.info.run_id, str(png), artifact_path="plots")
         files += pngs

@@ -45,7 +45,8 @@ def rerun_and_test(spec: "SweepSpec", record: "TrialRecord") -> Optional[TestRes
     if spec.workload.train is not None:  # a user's loop owns its data: no test split samplewise can see
         return None
     workload = workloads.load(spec.workload)
-    if workload.x_test is None or workload.y_test is None:
+    test = workload.test
+    if test is None:
         return None
     hp = record.hp
     threads = torch.get_num_threads()
@@ -56,12 +57,13 @@ def rerun_and_test(spec: "SweepSpec", record: "TrialRecord") -> Optional[TestRes
             workload,
             hp,
             budget_of(spec, workload.n_train),
-            lambda metrics, state: final.update(model={k: v.clone() for k, v in state.model.items()}),
+            lambda metrics, state: final.update(model={k: v.clone() for k, v in state["loop"]["model"].items()}),
         )
         torch.manual_seed(hp.seed)
         model = workload.model_fn()
         model.load_state_dict(final["model"])
-        loss, acc = evaluate_split(model, workload.x_test, workload.y_test, workload.loss_fn, workload.classification)
+        values = evaluate_split(model, workload, test)
+        loss, acc = values["loss"], values.get("accuracy")
     finally:
         torch.set_num_threads(threads)
     rerun = float(last[m.VAL_LOSS])

@@ -23,7 +23,12 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from services.results.analysis import GroupSummary, TrialRecord, candidates  # noqa: E402
 
-LOSS_LABEL = "validation loss per sample (nats)"
+
+def loss_label(loss_unit: str = "sample") -> str:
+    """The loss axis: per sample, or per item for a per-item loss (e.g. tokens)."""
+    return f"validation loss per {loss_unit} (nats)"
+
+
 PLOTS = ("u_curves", "collapse", "lr_star", "learning_curves")
 
 
@@ -71,7 +76,7 @@ def _group_title(g: GroupSummary) -> str:
     return f"{g.optimizer}, {g.reduction} reduction{sched} ({g.rule} rule, k={g.k:g})"
 
 
-def _u_curves(groups, by_group, x_of, xlabel, title):
+def _u_curves(groups, by_group, x_of, xlabel, title, ylabel):
     fig, axes = _panels(len(groups), title)
     for ax, g in zip(axes, groups):
         members = by_group[(g.optimizer, g.reduction, g.schedule)]
@@ -87,7 +92,7 @@ def _u_curves(groups, by_group, x_of, xlabel, title):
             ax.plot([x_of(t) for t in short], [t.val_loss for t in short], "o", mfc="white", color=colors[bs], ms=4)
         _log_axes(ax)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(LOSS_LABEL)
+        ax.set_ylabel(ylabel)
         ax.set_title(
             _group_title(g)
             + ("\nhollow: stopped early by ASHA" if any(t.stopped_early for t in members if t.usable) else ""),
@@ -168,7 +173,7 @@ def _lr_star(groups, title):
     return fig
 
 
-def _learning_curves(groups, histories, title):
+def _learning_curves(groups, histories, title, ylabel):
     fig, axes = _panels(len(groups), title)
     for ax, g in zip(axes, groups):
         colors = _colors([b.batch_size for b in g.per_batch])
@@ -181,7 +186,7 @@ def _learning_curves(groups, histories, title):
                 )
         _log_y(ax)
         ax.set_xlabel("training samples seen")
-        ax.set_ylabel(LOSS_LABEL)
+        ax.set_ylabel(ylabel)
         ax.set_title(_group_title(g) + ": best trial per batch size", fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
         if g.per_batch:
@@ -196,8 +201,10 @@ def write_plots(
     groups: Sequence[GroupSummary],
     histories: Mapping[tuple, Sequence[tuple[float, float]]],
     out_dir: Path,
+    loss_unit: str = "sample",
 ) -> list[Path]:
     """Write the four PNGs as ``<out_dir>/<sweep>-<plot>.png``; returns their paths."""
+    ylabel = loss_label(loss_unit)
     by_group: dict[tuple, list[TrialRecord]] = {}
     for r in records:
         by_group.setdefault((r.optimizer, r.reduction, r.schedule), []).append(r)
@@ -209,6 +216,7 @@ def write_plots(
             lambda t: t.lr,
             "learning rate (optimizer lr)",
             f"{sweep}: validation loss vs learning rate",
+            ylabel,
         ),
         "collapse": _u_curves(
             groups,
@@ -216,9 +224,10 @@ def write_plots(
             lambda t: t.lr_per_sample,
             "LR per sample c = lr / B**k",
             f"{sweep}: validation loss vs LR per sample (curves collapse when the rule holds)",
+            ylabel,
         ),
         "lr_star": _lr_star(groups, f"{sweep}: optimal learning rate vs batch size"),
-        "learning_curves": _learning_curves(groups, histories, f"{sweep}: learning curves"),
+        "learning_curves": _learning_curves(groups, histories, f"{sweep}: learning curves", ylabel),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

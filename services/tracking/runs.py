@@ -183,7 +183,8 @@ class SweepRuns:
         self._last_step[run_id] = step
         now = int(time.time() * 1000)
         staged = self._stage(run_id)
-        staged.metrics.extend(Metric(key, float(result[key]), now, step) for key in m.REPORTED if key in result)
+        reported = [(key, value) for key, value in result.items() if m.is_reported(key)]
+        staged.metrics.extend(Metric(key, float(value), now, step) for key, value in reported)
         if result.get(m.DIVERGED):
             staged.tags[m.TAG_DIVERGED] = RunTag(m.TAG_DIVERGED, "true")
         if m.NODE_ID in result and run_id not in self._node_tagged:

@@ -147,7 +147,7 @@ def recorded_results(client: "MlflowClient", experiment_id: str, parent_run_id: 
     for run in child_runs(client, experiment_id, parent_run_id):
         if run.info.status != "FINISHED" or run.data.tags.get(m.TAG_SUPERSEDED):
             continue
-        final = {k: v for k, v in run.data.metrics.items() if k in m.REPORTED}
+        final = {k: v for k, v in run.data.metrics.items() if m.is_reported(k)}
         history = sorted((p.step, p.value) for p in client.get_metric_history(run.info.run_id, m.OBJECTIVE))
         results = [{m.SAMPLES_SEEN: step, m.OBJECTIVE: value, m.DIVERGED: 0.0} for step, value in history[:-1]]
         out.setdefault(config_key(run.data.params), results + [{**final, m.REPLAYED: 1.0}])

@@ -101,10 +101,9 @@ class CharGPT(nn.Module):
         return self.head(self.ln(self.blocks(x)))
 
 
-def per_sequence_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """One loss per sample: the mean next-character cross-entropy over its window's tokens."""
-    losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (batch, block)
-    return losses.mean(dim=1)
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One loss per token: the next-character cross-entropy, shape (batch, block)."""
+    return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
 
 
 def windows(text: str, vocab: dict[str, int], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:

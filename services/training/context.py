@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import torch
 
-from search_spaces.scaling import TrialHParams
+from search_spaces.scaling import TrialHParams, noise_scale
 from search_spaces.schedules import Schedule, batch_and_lr
 from services import metrics as m
 from services.spec import short
@@ -39,12 +39,16 @@ ALIASES: Mapping[str, str] = {
     "val_loss": m.VAL_LOSS,
     "val_accuracy": m.VAL_ACCURACY,
     "samples_per_s": m.SAMPLES_PER_S,
+    "initial_val_loss": m.INITIAL_VAL_LOSS,
 }
 """Keyword names a loop may report by, for the reserved metric names that Python cannot spell."""
 
-LOOP_METRICS = frozenset({m.TRAIN_LOSS, m.VAL_LOSS, m.VAL_ACCURACY, m.SAMPLES_PER_S, m.B_SIMPLE, m.MAX_RSS_MB})
-"""What a loop reports itself; the context adds samples seen, updates, LR, batch size, noise
-scale, the initial loss and the divergence flag."""
+LOOP_METRICS = frozenset(
+    {m.TRAIN_LOSS, m.VAL_LOSS, m.VAL_ACCURACY, m.SAMPLES_PER_S, m.B_SIMPLE, m.MAX_RSS_MB, m.INITIAL_VAL_LOSS}
+)
+"""What a loop reports itself (and any ``val/<name>`` of its own); the context adds samples
+seen, updates, LR, batch size, noise scale and the divergence flag, and the initial loss when
+the loop does not report it (then the first report's val loss)."""
 
 
 class ContractError(ValueError):
@@ -103,6 +107,7 @@ class TrialContext:
         the loss and skips overflowing steps)."""
         self.divergence_factor = divergence_factor
         self._schedule, self._n_train = schedule or Schedule(), n_train
+        self._static = hp.schedule == "constant" and not self._schedule.warmup_samples
         self._report = report
         self._optimizers: list[torch.optim.Optimizer] = []
         self._current: Optional[tuple[int, float]] = None
@@ -115,6 +120,8 @@ class TrialContext:
         self.initial_loss: Optional[float] = own.get("initial_loss")
         self.val_history: list[float] = list(own.get("val_history", []))
         self.precision.load_state_dict(own.get("scaler"))
+        self.last_reported: dict[str, float] = {}
+        """The metrics of the last report, as the sweep received them."""
 
     # -- for the loop -------------------------------------------------------------------------
 
@@ -133,8 +140,11 @@ class TrialContext:
             self.updates += 1
 
     def batch_size(self, samples_seen: int) -> int:
-        """The batch size the schedule wants after ``samples_seen`` samples; the LR it wants
-        at that point is set on the context's optimizers."""
+        """The batch size the schedule wants after ``samples_seen`` samples (at most the
+        training set when the loop gave its size); the LR it wants at that point is set on the
+        context's optimizers."""
+        if self._static and self._current is not None:  # constant, no warmup: never changes
+            return self._batch
         batch, scale = batch_and_lr(
             self._schedule,
             self.hp.schedule,
@@ -144,6 +154,8 @@ class TrialContext:
             self.total_samples,
             self.val_history,
         )
+        if self._n_train:
+            batch = min(batch, self._n_train)
         if (batch, scale) != self._current:
             for optimizer in self._optimizers:
                 apply_settings(optimizer, self.hp, self.hp.settings(batch, scale))
@@ -167,14 +179,10 @@ class TrialContext:
         values = self._check(samples_seen, metrics)
         val = values[m.VAL_LOSS]
         if self.initial_loss is None:  # the first report: the scale divergence is judged on
-            self.initial_loss = val if math.isfinite(val) else math.inf
-        threshold = (
-            self.divergence_factor * max(self.initial_loss, 1e-12)
-            if math.isfinite(self.initial_loss)
-            else NONFINITE_OBJECTIVE
-        )
-        train = values.get(m.TRAIN_LOSS, val)
-        diverged = not (math.isfinite(val) and math.isfinite(train)) or max(val, train) > threshold
+            first = values.get(m.INITIAL_VAL_LOSS, val)
+            self.initial_loss = first if math.isfinite(first) else math.inf
+        threshold = self.divergence_threshold()
+        diverged = self.diverged(val, values.get(m.TRAIN_LOSS, val))
         self.samples_seen = samples_seen
         self.val_history.append(val)
         lr = self._optimizers[0].param_groups[0]["lr"] if self._optimizers else self.hp.lr
@@ -188,6 +196,8 @@ class TrialContext:
             m.BATCH_SIZE: self._batch,
             m.DIVERGED: float(diverged),
         }
+        if self._n_train:
+            out[m.NOISE_G] = noise_scale(self.hp, lr, self._batch, self._n_train)
         if m.TRAIN_LOSS in values and not math.isfinite(values[m.TRAIN_LOSS]):
             out[m.TRAIN_LOSS] = threshold
         checkpoint = {
@@ -200,8 +210,23 @@ class TrialContext:
             },
             "loop": state,
         }
+        self.last_reported = out
         self._report(out, checkpoint)
         return diverged or samples_seen >= self.total_samples
+
+    def divergence_threshold(self) -> float:
+        """The loss past which the trial diverged: ``divergence_factor`` times the initial val
+        loss (the first report's, when the loop did not report one)."""
+        if self.initial_loss is None or not math.isfinite(self.initial_loss):
+            return NONFINITE_OBJECTIVE
+        return self.divergence_factor * max(self.initial_loss, 1e-12)
+
+    def diverged(self, val_loss: float, train_loss: Optional[float] = None) -> bool:
+        """Whether these losses are NaN/inf or past :meth:`divergence_threshold`."""
+        train = val_loss if train_loss is None else train_loss
+        if not (math.isfinite(val_loss) and math.isfinite(train)):
+            return True
+        return max(val_loss, train) > self.divergence_threshold()
 
     def _check(self, samples_seen: Any, metrics: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(samples_seen, bool) or not isinstance(samples_seen, Integral) or samples_seen < 0:
@@ -221,10 +246,10 @@ class TrialContext:
         values: dict[str, float] = {}
         for name, value in metrics.items():
             key = ALIASES.get(name, name)
-            if key not in LOOP_METRICS:
+            if key not in LOOP_METRICS and not m.is_workload_metric(key):
                 known = ", ".join(sorted(ALIASES))
                 raise ContractError(
-                    f"report: unknown metric {short(name)}; report {known} or a name of services.metrics"
+                    f"report: unknown metric {short(name)}; report {known}, a name of services.metrics or val/<name>"
                 )
             if isinstance(value, torch.Tensor) and value.numel() == 1:
                 value = value.item()

@@ -13,17 +13,19 @@ random generator, so measuring does not change what the trial trains on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
+from services.training.data import count, forward, summed_loss
 from services.training.workloads import Workload
 
 
-def grad_sq_norm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:
-    """|grad of the mean per-sample loss|^2 on (x, y), as a 0-d tensor (no host sync)."""
+def grad_sq_norm(model: torch.nn.Module, x: Any, y: Any, loss_fn, items=None) -> torch.Tensor:
+    """|grad of the mean per-sample (or, with ``items``, per-item) loss|^2 on (x, y), as a 0-d
+    tensor (no host sync)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss_fn(model(x), y).mean(), params)
+    grads = torch.autograd.grad(summed_loss(loss_fn, forward(model, x), y, items) / count(y, items), params)
     return torch.stack([g.pow(2).sum() for g in grads]).sum()
 
 
@@ -57,11 +59,12 @@ class NoiseScale:
             return None
         if self._gen is None:
             self._gen = torch.Generator().manual_seed(self.seed + 7919)  # apart from the data order
-        device = workload.x_train.device
+        device = next(iter(model.parameters())).device
+        train = workload.train
 
         def norm(size: int) -> torch.Tensor:
-            idx = torch.randperm(n, generator=self._gen)[:size].to(device)
-            return grad_sq_norm(model, workload.x_train[idx], workload.y_train[idx], workload.loss_fn)
+            x, y = train.batch(torch.randperm(n, generator=self._gen)[:size], device)
+            return grad_sq_norm(model, x, y, workload.loss_fn, workload.items)
 
         # the extra forward passes run in train mode: keep BatchNorm's running statistics (and
         # any other buffer) exactly as the trial left them

@@ -1,10 +1,12 @@
-"""Training of one trial: a pure step function and a loop that reports per-sample metrics.
+"""samplewise's own training loop: a pure step function, and the loop, which is one
+implementation of ``train(ctx)`` (:mod:`services.training.context`), the contract a user's own
+loop follows too.
 
-Data stays on the device as tensors. Each pass over the data gathers it once in a seeded
-random order, and batches are contiguous views of that copy (it costs one copy of the
-training set, and saves two gathers per step); the tail that does not fill a batch is
-dropped each pass, so every update sees exactly ``batch_size`` samples. Losses are summed
-on the device and read back once per reporting interval, never per step.
+Each pass over the data is a seeded random order of indices; a step gathers only its batch
+(:mod:`services.training.data`), so memory holds one batch, never a copy of the training set.
+The tail that does not fill a batch is dropped each pass, so every update sees exactly
+``batch_size`` samples. Losses are summed on the device and read back once per reporting
+interval, never per step.
 """
 
 from __future__ import annotations
@@ -14,60 +16,59 @@ import math
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
 
-from search_spaces.scaling import TrialHParams, noise_scale
-from search_spaces.schedules import Schedule, batch_and_lr
+from search_spaces.scaling import TrialHParams
+from search_spaces.schedules import Schedule
 from services import metrics as m
-from services.training.context import NONFINITE_OBJECTIVE
+from services.training.context import TrialContext
+from services.training.data import ItemMask, Split, count, forward, rows, rows_of, summed_loss, wide
 from services.training.noise import NoiseScale
-from services.training.optim import apply_settings, make_optimizer
 from services.training.precision import Precision
 from services.training.workloads import Workload
 
 FP32 = Precision("fp32")
 
 
-def _wide(losses: torch.Tensor) -> torch.Tensor:
-    """Losses summed in at least float32 (a float16 / bfloat16 loss is widened first)."""
-    return losses.to(torch.promote_types(losses.dtype, torch.float32))
-
-
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: Any,
+    y: Any,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
     hp: TrialHParams,
     micro_batch: Optional[int] = None,
     precision: Optional[Precision] = None,
+    items: ItemMask = None,
 ) -> torch.Tensor:
-    """One update on the batch (x, y); returns the batch's summed per-sample loss (no sync).
+    """One update on the batch (x, y); returns the batch's summed loss (no sync).
 
     With ``micro_batch`` smaller than the batch, the gradient is accumulated over micro-batches
-    of at most that many samples: each contributes its summed loss, divided by the size of the
-    whole batch under mean reduction (never by its own size), so the update is the one of the
-    whole batch and only the memory differs. ``precision`` autocasts the forward passes and
+    of at most that many samples: each contributes its summed loss, divided by the count of the
+    whole batch under mean reduction (never by its own), so the update is the one of the whole
+    batch and only the memory differs. The count is the batch's samples, or with ``items`` (a
+    per-item loss) the items its mask lets in. ``precision`` autocasts the forward passes and
     scales the loss for fp16 (:mod:`services.training.precision`).
     """
     precision = precision or FP32
-    n = x.shape[0]
+    n = rows_of(y)
+    denominator = count(y, items)
     optimizer.zero_grad(set_to_none=True)
     if not micro_batch or micro_batch >= n:
         with precision.autocast():
-            total = _wide(loss_fn(model(x), y)).sum()
-        precision.backward(total if hp.reduction == "sum" else total / n)
+            total = summed_loss(loss_fn, forward(model, x), y, items)
+        precision.backward(total if hp.reduction == "sum" else total / denominator)
         total = total.detach()
     else:  # normalization (BatchNorm) sees micro-batches: its statistics are theirs
         parts = []
         for start in range(0, n, micro_batch):
+            xm, ym = rows(x, start, start + micro_batch), rows(y, start, start + micro_batch)
             with precision.autocast():
-                part = _wide(loss_fn(model(x[start : start + micro_batch]), y[start : start + micro_batch])).sum()
-            precision.backward(part if hp.reduction == "sum" else part / n)
+                part = summed_loss(loss_fn, forward(model, xm), ym, items)
+            precision.backward(part if hp.reduction == "sum" else part / denominator)
             parts.append(part.detach())
         total = torch.stack(parts).sum()
     precision.step(optimizer)
@@ -77,36 +78,40 @@ def train_step(
 @torch.inference_mode()
 def evaluate_split(
     model: nn.Module,
-    x_all: torch.Tensor,
-    y_all: torch.Tensor,
-    loss_fn,
-    classification: bool,
-    chunk: int = 8192,
+    workload: Workload,
+    split: Split,
     precision: Optional[Precision] = None,
-) -> tuple[float, Optional[float]]:
-    """(per-sample loss, accuracy or None for regression) of ``model`` on one split."""
+    chunk: int = 8192,
+) -> dict[str, float]:
+    """``model`` on one split: ``{"loss": per sample or per item, "accuracy": ...}`` (accuracy for
+    classification workloads without a ``metrics`` function), plus the workload's own metrics
+    by name (each the mean over the split's samples)."""
     model.eval()
-    total = torch.zeros((), device=x_all.device)
-    correct = torch.zeros((), device=x_all.device)
-    n = x_all.shape[0]
-    for start in range(0, n, chunk):
-        x, y = x_all[start : start + chunk], y_all[start : start + chunk]
+    device = next(iter(model.parameters())).device
+    total = torch.zeros((), device=device)
+    items = torch.zeros((), device=device)
+    sums: dict[str, torch.Tensor] = {}
+    for x, y in split.chunks(chunk, device):
         with (precision or FP32).autocast():
-            out = model(x)
-            total += _wide(loss_fn(out, y)).sum()
-        if classification:
-            correct += (out.argmax(dim=1) == y).sum()
+            out = forward(model, x)
+            total += summed_loss(workload.loss_fn, out, y, workload.items)
+        items += count(y, workload.items)
+        if workload.metrics is not None:
+            for name, values in workload.metrics(out, y).items():
+                sums[name] = sums.get(name, 0) + wide(values).sum()
+        elif workload.classification:
+            sums["accuracy"] = sums.get("accuracy", 0) + (out.argmax(dim=1) == y).sum()
     model.train()
-    return (total / n).item(), ((correct / n).item() if classification else None)
+    n = max(len(split), 1)
+    return {"loss": (total / items).item(), **{name: (v / n).item() for name, v in sums.items()}}
 
 
 def evaluate(
     model: nn.Module, workload: Workload, precision: Optional[Precision] = None
 ) -> tuple[float, Optional[float]]:
-    """(per-sample loss, accuracy or None) on the validation set."""
-    return evaluate_split(
-        model, workload.x_val, workload.y_val, workload.loss_fn, workload.classification, precision=precision
-    )
+    """(loss, accuracy or None) on the validation set."""
+    values = evaluate_split(model, workload, workload.val, precision)
+    return values["loss"], values.get("accuracy")
 
 
 @dataclass(frozen=True)
@@ -128,17 +133,12 @@ class Budget:
 
 @dataclass
 class TrialState:
-    """Everything needed to continue a trial exactly where it reported: what a checkpoint holds.
+    """What the built-in loop needs to continue exactly where it reported, beside what the
+    context keeps itself (samples seen, updates, the loss history, the fp16 scaler).
 
     Plain values and tensors only, so a checkpoint loads with ``torch.load(weights_only=True)``
     (see :meth:`as_dict` / :meth:`from_dict`)."""
 
-    samples: int
-    """Training samples seen."""
-    updates: int
-    """Optimizer steps taken."""
-    val_history: list[float]
-    """Validation loss at every report so far (the plateau schedules read it)."""
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     order: torch.Tensor
@@ -146,12 +146,10 @@ class TrialState:
     perm: torch.Tensor
     """This pass's data order, and ``pos`` the place in it."""
     pos: int
-    initial_loss: float
-    """Val loss before the first update (the divergence threshold is a multiple of it)."""
     noise: Optional[dict[str, Any]] = None
     """The gradient-noise estimator's EMA and generator, when it runs."""
-    scaler: Optional[dict[str, Any]] = None
-    """The fp16 gradient scaler's scale and counters."""
+    rng: Optional[torch.Tensor] = None
+    """torch's CPU generator (a workload's ``transform`` draws from it)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -161,143 +159,153 @@ class TrialState:
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
+def context_for(
+    hp: TrialHParams,
+    budget: Budget,
+    report: Callable[[dict, Any], None],
+    n_train: Optional[int],
+    restored: Optional[dict] = None,
+    device: str = "cpu",
+    params: Optional[Mapping[str, Any]] = None,
+) -> TrialContext:
+    """The trial's :class:`TrialContext` for ``budget``: the same for the built-in loop and a
+    user's (which has no ``n_train``: the schedule's epochs are then the sample budget's)."""
+    return TrialContext(
+        hp,
+        total_samples=budget.total_samples,
+        interval_samples=budget.interval_samples,
+        report=report,
+        schedule=budget.schedule,
+        n_train=n_train,
+        divergence_factor=budget.divergence_factor,
+        restored=restored,
+        device=device,
+        params=params,
+        precision=budget.precision,
+    )
+
+
 def run_trial(
     workload: Workload,
     hp: TrialHParams,
     budget: Budget,
-    report: Callable[[dict, TrialState], None],
-    resume: Optional[TrialState] = None,
+    report: Callable[[dict, dict], None],
+    resume: Optional[dict] = None,
 ) -> dict:
-    """Train one trial, calling ``report(metrics, state)`` each interval; returns the last metrics.
+    """Train one trial with the built-in loop in this process; returns the last metrics.
 
-    The loop counts samples: it reports each time ``interval_samples`` more have been seen
-    (a last stub shorter than half an interval joins the final report), and asks the schedule
-    for the batch size and LR before every step, so a batch_growth trial changes its batch
-    size at the sample count its milestones name.
-
-    ``state`` is everything needed to continue after that report (model, optimizer, data
-    order, schedule history, noise-scale EMA); passing it back as ``resume`` continues the
-    trial exactly where it reported, so a resumed trial logs no sample count twice. It holds
-    live tensors: serialize or copy it before ``report`` returns.
-
-    A trial whose loss turns NaN/inf or exceeds ``divergence_factor`` times its initial
-    validation loss stops at that report with ``diverged = 1`` and a finite objective (the
-    divergence threshold), so searchers and schedulers rank it last without crashing.
+    ``report(metrics, checkpoint)`` is called at each report; passing a ``checkpoint`` back as
+    ``resume`` continues the trial exactly where it reported. The checkpoint holds live
+    tensors: serialize or copy it before ``report`` returns (its model weights are
+    ``checkpoint["loop"]["model"]``).
     """
+    device = workload.x_train.device if workload.x_train is not None else torch.device("cpu")
+    ctx = context_for(hp, budget, report, workload.n_train, resume, str(device))
+    return train_workload(ctx, workload, budget)
+
+
+def train_workload(ctx: TrialContext, workload: Workload, budget: Budget) -> dict:
+    """The built-in loop, as ``train(ctx)``: trains ``workload`` and reports through ``ctx``.
+
+    The loop counts samples: it reports each time ``ctx.interval_samples`` more have been seen
+    (a last stub shorter than half an interval joins the final report), and asks
+    ``ctx.batch_size`` for the batch size (and so the LR) before every step, so a batch_growth
+    trial changes its batch size at the sample count its milestones name. It stops when the
+    report says so: the budget is spent, or the trial diverged (the context judges it against
+    the val loss before the first update, and reports a finite objective).
+    """
+    hp = ctx.hp
     torch.manual_seed(hp.seed)
-    device = workload.x_train.device
+    device = torch.device(ctx.device)
     model = workload.model_fn().to(device)
-    optimizer = make_optimizer(model, hp, fused=budget.precision != "fp16")
+    optimizer = ctx.optimizer(model.parameters())
+    precision = ctx.precision
     order = torch.Generator(device="cpu").manual_seed(hp.seed)
-    n, total = workload.n_train, budget.total_samples
-    schedule = budget.schedule
+    train, n = workload.train, workload.n_train
+    on_device = workload.train_set is None  # tensors: the order lives where they do
     noise = NoiseScale(*budget.noise_batches, seed=hp.seed) if budget.noise_batches else None
-    precision = Precision(budget.precision, device)
 
-    perm = torch.empty(0, dtype=torch.long, device=device)
-    pos, samples, updates, history = n, 0, 0, []  # pos = n forces a fresh permutation first
-    if resume is None:
-        initial_loss, _ = evaluate(model, workload, precision)
+    perm = torch.empty(0, dtype=torch.long)
+    pos, samples = n, 0  # pos = n forces a fresh permutation first
+    initial: dict[str, float] = {}
+    restored = TrialState.from_dict(ctx.restored) if ctx.restored else None
+    if restored is None:
+        initial[m.INITIAL_VAL_LOSS] = evaluate(model, workload, precision)[0]
     else:
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        order.set_state(resume.order)
-        perm, pos = resume.perm.to(device), resume.pos
-        samples, updates, history = resume.samples, resume.updates, list(resume.val_history)
-        initial_loss = resume.initial_loss
-        if noise is not None and resume.noise:
-            noise.load_state_dict(resume.noise)
-        precision.load_state_dict(resume.scaler)
-    # a model whose loss is NaN/inf before any update diverges at its first report, finitely
-    threshold = (
-        budget.divergence_factor * max(initial_loss, 1e-12) if math.isfinite(initial_loss) else NONFINITE_OBJECTIVE
-    )
-    next_report = (samples // budget.interval_samples + 1) * budget.interval_samples
+        model.load_state_dict(restored.model)
+        optimizer.load_state_dict(restored.optimizer)
+        order.set_state(restored.order)
+        perm, pos, samples = restored.perm, restored.pos, ctx.samples_seen
+        if noise is not None and restored.noise:
+            noise.load_state_dict(restored.noise)
+        if restored.rng is not None:
+            torch.set_rng_state(restored.rng)
+    perm = perm.to(device) if on_device else perm
+    interval = ctx.interval_samples
+    next_report = (samples // interval + 1) * interval
 
-    # a constant schedule without warmup never changes: ask it once, not on every step
-    static = hp.schedule == "constant" and not schedule.warmup_samples
-    current = None
-    xs = ys = xs_perm = None
     running = torch.zeros((), device=device)
+    running_items: Any = 0  # samples (an int), or items of a per-item loss (a tensor, no sync)
     interval_start, interval_samples = time.perf_counter(), 0
     last: dict = {}
-    while samples < total:
-        if current is None or not static:
-            bs, scale = batch_and_lr(schedule, hp.schedule, hp.batch_size, n, samples, total, history)
-            bs = min(bs, n)
-        if (bs, scale) != current:
-            apply_settings(optimizer, hp, hp.settings(bs, scale))
-            current = (bs, scale)
+    while samples < ctx.total_samples:
+        bs = ctx.batch_size(samples)
         if pos + bs > n:
-            perm = torch.randperm(n, generator=order).to(device)
+            perm = torch.randperm(n, generator=order)
+            perm = perm.to(device) if on_device else perm
             pos = 0
-        if xs is None or xs_perm is not perm:  # the pass's data in its order: batches are views
-            xs, ys, xs_perm = workload.x_train[perm], workload.y_train[perm], perm
-        assert xs is not None and ys is not None
+        x, y = train.batch(perm[pos : pos + bs], device)
+        if workload.transform is not None:
+            x, y = workload.transform(x, y)
         running += train_step(
-            model,
-            optimizer,
-            xs[pos : pos + bs],
-            ys[pos : pos + bs],
-            workload.loss_fn,
-            hp,
-            budget.micro_batch,
-            precision,
+            model, optimizer, x, y, workload.loss_fn, hp, budget.micro_batch, precision, workload.items
         )
+        running_items += count(y, workload.items)
         pos += bs
-        samples, updates, interval_samples = samples + bs, updates + 1, interval_samples + bs
+        samples, interval_samples = samples + bs, interval_samples + bs
         # Report every interval; a stub shorter than half an interval joins the final report.
-        if samples < total and (samples < next_report or total - samples < budget.interval_samples / 2):
+        left = ctx.total_samples - samples
+        if samples < ctx.total_samples and (samples < next_report or left < interval / 2):
             continue
-        next_report = (samples // budget.interval_samples + 1) * budget.interval_samples
+        next_report = (samples // interval + 1) * interval
         elapsed = time.perf_counter() - interval_start
-        train_loss = running.item() / interval_samples
-        val_loss, val_acc = evaluate(model, workload, precision)
-        diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss)) or max(train_loss, val_loss) > threshold
-        history.append(val_loss)
-        last = {
-            m.TRAIN_LOSS: train_loss if math.isfinite(train_loss) else threshold,
-            m.VAL_LOSS: threshold if diverged else val_loss,
-            m.INITIAL_VAL_LOSS: initial_loss,
-            m.SAMPLES_SEEN: samples,
-            m.UPDATES: updates,
-            m.LR: optimizer.param_groups[0]["lr"],
-            m.BATCH_SIZE: bs,
-            m.NOISE_G: noise_scale(hp, optimizer.param_groups[0]["lr"], bs, n),
-            m.DIVERGED: float(diverged),
+        values = evaluate_split(model, workload, workload.val, precision)
+        metrics = {
+            m.TRAIN_LOSS: (running / running_items).item(),
+            m.VAL_LOSS: values.pop("loss"),
             m.SAMPLES_PER_S: interval_samples / max(elapsed, 1e-9),
             m.MAX_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **{f"val/{name}": v if math.isfinite(v) else 0.0 for name, v in values.items()},
+            **initial,
         }
-        if val_acc is not None:  # classification only: a regression reports no accuracy
-            last[m.VAL_ACCURACY] = val_acc if math.isfinite(val_acc) else 0.0
-        b_simple = noise.measure(model, workload) if noise and not diverged else None
+        healthy = all(math.isfinite(metrics[k]) for k in (m.TRAIN_LOSS, m.VAL_LOSS))
+        b_simple = noise.measure(model, workload) if noise and healthy else None
         if b_simple is not None:
-            last[m.B_SIMPLE] = b_simple
+            metrics[m.B_SIMPLE] = b_simple
         state = TrialState(
-            samples=samples,
-            updates=updates,
-            val_history=list(history),
             model=model.state_dict(),
             optimizer=optimizer.state_dict(),
             order=order.get_state(),
             perm=perm.cpu(),
             pos=pos,
-            initial_loss=initial_loss,
             noise=noise.state_dict() if noise else None,
-            scaler=precision.state_dict(),
+            rng=torch.get_rng_state() if workload.transform is not None else None,
         )
-        report(last, state)
-        if diverged:
+        stop = ctx.report(samples, state=state.as_dict(), **metrics)
+        last = ctx.last_reported
+        if stop:
             break
         running.zero_()
+        running_items = 0
         interval_start, interval_samples = time.perf_counter(), 0
     return last
 
 
-def budget_of(spec, n_train: int) -> Budget:
-    """The spec's budget, reporting interval, noise-scale and schedule settings for one trial."""
+def budget_of(spec, n_train: Optional[int]) -> Budget:
+    """The spec's budget, reporting interval, noise-scale and schedule settings for one trial
+    (``n_train`` None: a user's loop, whose budget is in samples)."""
     return Budget(
-        total_samples=spec.budget.total_samples(n_train),
+        total_samples=spec.budget.total_samples(n_train or 0),
         interval_samples=spec.budget.interval_samples(n_train),
         divergence_factor=spec.budget.divergence_factor,
         noise_batches=(spec.noise.small_batch, spec.noise.large_batch) if spec.noise.enabled else None,

@@ -1,9 +1,9 @@
 """The Ray Tune side of a trial: the function trainable, its checkpoints, and the time limit.
 
 :func:`tune_trainable` runs one trial of a sweep in a Tune worker: samplewise's own loop
-(:func:`services.training.train.run_trial`) or the user's ``train(ctx)``
-(:mod:`services.training.user_loop`), reporting to Tune and checkpointing the state that a
-retry or ``make resume`` continues from.
+(:func:`services.training.train.train_workload`) or the user's ``train(ctx)``
+(:mod:`services.training.user_loop`). Both get the same :class:`TrialContext`, which reports
+to Tune and checkpoints the state that a retry or ``make resume`` continues from.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from search_spaces.scaling import TrialHParams, config_key
 from services import metrics as m
-from services.training.train import TrialState, budget_of, run_trial
+from services.training.train import budget_of, context_for, train_workload
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _train(config: dict, spec) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     last_checkpoint = time.monotonic()
 
-    def report(metrics: dict, state: TrialState | dict) -> None:
+    def report(metrics: dict, state: dict) -> None:
         # a resumed or retried trial continues from its last checkpoint
         nonlocal last_checkpoint
         metrics = {**metrics, m.NODE_ID: node_id}
@@ -122,33 +122,21 @@ def _train(config: dict, spec) -> None:
         if time.monotonic() - last_checkpoint < spec.failures.checkpoint_every_s:
             tune.report(metrics)
             return
-        payload = state.as_dict() if isinstance(state, TrialState) else dict(state)
         with tempfile.TemporaryDirectory() as path:
-            torch.save({**payload, "reported": reported}, os.path.join(path, STATE_FILE))
+            torch.save({**state, "reported": reported}, os.path.join(path, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
         last_checkpoint = time.monotonic()
 
     hp = TrialHParams.from_config(config)
     if spec.workload.train is not None:  # the user's own loop
-        from services.training.context import TrialContext
         from services.training.user_loop import resolve_loop
 
-        ctx = TrialContext(
-            hp,
-            total_samples=spec.budget.total_samples(0),
-            interval_samples=spec.budget.interval_samples(None),
-            report=report,
-            schedule=spec.schedule,
-            divergence_factor=spec.budget.divergence_factor,
-            restored=saved,
-            device=device,
-            params=spec.workload.params,
-            precision=spec.resources.precision,
-        )
+        ctx = context_for(hp, budget_of(spec, None), report, None, saved, device, spec.workload.params)
         resolve_loop(spec.workload)(ctx)
         return
     from services.training import workloads
 
     workload = workloads.load(spec.workload, device)
-    resume = TrialState.from_dict(saved) if saved is not None else None
-    run_trial(workload, hp, budget_of(spec, workload.n_train), report, resume)
+    budget = budget_of(spec, workload.n_train)
+    ctx = context_for(hp, budget, report, workload.n_train, saved, device, spec.workload.params)
+    train_workload(ctx, workload, budget)

@@ -48,13 +48,14 @@ def max_relative_difference(workload: Workload, a: TrialHParams, b: TrialHParams
     model_a = workload.model_fn().double()
     model_b = copy.deepcopy(model_a)
     opt_a, opt_b = make_optimizer(model_a, a), make_optimizer(model_b, b)
-    x, y = workload.x_train.double(), workload.y_train
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    train = workload.train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     bs = a.batch_size
     for step in range(steps):
-        idx = order[(step * bs) % (len(y) - bs) :][:bs]
-        train_step(model_a, opt_a, x[idx], y[idx], workload.loss_fn, a)
-        train_step(model_b, opt_b, x[idx], y[idx], workload.loss_fn, b)
+        x, y = train.batch(order[(step * bs) % (len(train) - bs) :][:bs], torch.device("cpu"))
+        x = x.double() if isinstance(x, torch.Tensor) and torch.is_floating_point(x) else x
+        train_step(model_a, opt_a, x, y, workload.loss_fn, a, items=workload.items)
+        train_step(model_b, opt_b, x, y, workload.loss_fn, b, items=workload.items)
     return max(
         ((pa - pb).abs().max() / pa.abs().max().clamp_min(1e-300)).item()
         for pa, pb in zip(model_a.parameters(), model_b.parameters())

@@ -10,54 +10,113 @@ configuration (:mod:`services.results.holdout`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional
 
 import pydantic
 import torch
 from torch import nn
 
 from services.spec import SpecError, WorkloadSpec, cut, short
+from services.training.data import Source, Split, forward
 from services.training.plugins import import_function
 
 
 @dataclass(frozen=True)
 class Workload:
+    """What a trial trains: a model, its data and its loss.
+
+    Data is given as tensors (``x_train``, ``y_train``, ...: the simple case, kept on the
+    device) or as sources (``train_set``, ``val_set``, ``test_set``): a map-style torch
+    ``Dataset`` whose items are ``(inputs, targets)``, or :class:`~services.training.data.Batches`,
+    a function returning the batch for given indices. Inputs may be a tensor or a dict of
+    tensors (the model gets them as keyword arguments). Only the batch being trained on is
+    gathered and moved to the device.
+    """
+
     model_fn: Callable[[], nn.Module]
     """Builds a fresh model; called after the trial seeds torch, so init is seeded."""
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    """(outputs, targets) -> one loss per sample (no reduction)."""
+    x_train: Optional[torch.Tensor] = None
+    y_train: Optional[torch.Tensor] = None
+    x_val: Optional[torch.Tensor] = None
+    y_val: Optional[torch.Tensor] = None
+    loss_fn: Callable[[Any, Any], torch.Tensor] = None  # type: ignore[assignment]  # required, checked below
+    """(outputs, targets) -> one loss per sample (no reduction), or one per item with ``items``."""
     classification: bool = True
     """Report val/accuracy from the argmax of the outputs (regression workloads: False)."""
     x_test: Optional[torch.Tensor] = None
     y_test: Optional[torch.Tensor] = None
     """Held-out test split, never seen by the sweep; None when the workload has none."""
+    train_set: Optional[Source] = None
+    val_set: Optional[Source] = None
+    test_set: Optional[Source] = None
+    """The splits as a ``Dataset`` or ``Batches`` (instead of the tensors above)."""
+    transform: Optional[Callable[[Any, Any], tuple[Any, Any]]] = None
+    """(inputs, targets) -> (inputs, targets), applied to each training batch on the device
+    (augmentation); it draws from torch's generator, which the trial seeds."""
+    metrics: Optional[Callable[[Any, Any], Mapping[str, torch.Tensor]]] = None
+    """(outputs, targets) -> {name: one value per sample}: reported as ``val/<name>``, the mean
+    over the validation split (instead of the argmax accuracy)."""
+    items: Optional[Callable[[Any], torch.Tensor]] = None
+    """Per-item losses (e.g. tokens): targets -> the mask of the items that count, the shape of
+    ``loss_fn``'s output. Mean reduction then divides by the items of the whole batch, and the
+    reported losses are per item (the ``loss_unit`` param says so). None: per-sample losses."""
+
+    def __post_init__(self) -> None:
+        if self.loss_fn is None:
+            raise TypeError("Workload: loss_fn is required")
+        for name in ("train", "val"):
+            if getattr(self, f"{name}_set") is None and getattr(self, f"x_{name}") is None:
+                raise TypeError(f"Workload: give x_{name} and y_{name}, or {name}_set")
+
+    @property
+    def train(self) -> Split:
+        return self._split("train")
+
+    @property
+    def val(self) -> Split:
+        return self._split("val")
+
+    @property
+    def test(self) -> Optional[Split]:
+        if self.test_set is None and self.x_test is None:
+            return None
+        return self._split("test")
+
+    def _split(self, name: str) -> Split:
+        source = getattr(self, f"{name}_set")
+        if source is None:
+            source = (getattr(self, f"x_{name}"), getattr(self, f"y_{name}"))
+        return Split(source)
 
     @property
     def n_train(self) -> int:
-        return int(self.x_train.shape[0])
+        return len(self.train)
+
+    @property
+    def loss_unit(self) -> str:
+        """What the reported losses are per: "sample", or "item" with per-item losses."""
+        return "item" if self.items is not None else "sample"
 
     def to(self, device: torch.device) -> "Workload":
-        return Workload(
-            self.model_fn,
-            self.x_train.to(device),
-            self.y_train.to(device),
-            self.x_val.to(device),
-            self.y_val.to(device),
-            self.loss_fn,
-            self.classification,
-            None if self.x_test is None else self.x_test.to(device),
-            None if self.y_test is None else self.y_test.to(device),
-        )
+        """The workload with its tensors on ``device`` (sources are read batch by batch)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, **moved)
+
+
+def all_items(targets: torch.Tensor) -> torch.Tensor:
+    """``Workload.items`` for a per-item loss where every item counts (no padding)."""
+    return torch.ones_like(targets, dtype=torch.bool)
 
 
 def per_sample_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -192,7 +251,7 @@ def charlm_gpt(
     val_fraction: float = 0.1,
 ) -> Workload:
     """A character-level GPT (:mod:`services.training.charlm`) on Python's own standard-library
-    source, built locally: loss per token (every window holds ``block_size`` tokens)."""
+    source, built locally: one loss per token (``items``; every window holds ``block_size``)."""
     from services.training import charlm
 
     text = charlm.corpus(corpus_chars)
@@ -206,8 +265,9 @@ def charlm_gpt(
         y_train,
         x_val,
         y_val,
-        loss_fn=charlm.per_sequence_token_loss,
+        loss_fn=charlm.token_losses,
         classification=False,
+        items=all_items,
     )
 
 
@@ -284,14 +344,18 @@ def resolve(spec: WorkloadSpec) -> Callable[..., Workload]:
 def build(spec: WorkloadSpec) -> Workload | None:
     """Build ``spec``'s workload in this process, as the driver does before any trial: a
     function that raises, or returns anything but a :class:`Workload`, is a bad spec. A
-    ``workload.train`` loop is resolved and checked, not run (None)."""
+    ``workload.train`` loop is resolved and checked, not run (None).
+
+    Not cached: the driver counts the training samples and drops it; each trial's worker
+    builds its own (:func:`load`). A workload that returns a lazy ``Dataset`` costs the
+    driver what constructing it costs, plus 2 samples read for :func:`check`."""
     if spec.train is not None:
         from services.training.user_loop import resolve_loop
 
         resolve_loop(spec)
         return None
     try:
-        workload = load(spec)
+        workload = _build(spec.label, json.dumps(spec.params, sort_keys=True))
     except SpecError:
         raise
     except Exception as err:  # noqa: BLE001 - the user's function failed: say where, in one line
@@ -301,30 +365,67 @@ def build(spec: WorkloadSpec) -> Workload | None:
     return workload
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(name: str, params_json: str) -> Workload:
+class Facts(NamedTuple):
+    """What the driver keeps of a workload it built and checked."""
+
+    n_train: Optional[int]
+    """Training samples; None for a ``workload.train`` loop, whose budget is in samples."""
+    loss_unit: str
+    """What its losses are per: "sample", or "item" (``Workload.items`` or the spec's loss_unit)."""
+
+
+def survey(spec: WorkloadSpec) -> Facts:
+    """Build and check ``spec``'s workload (:func:`build`), and keep only its :class:`Facts`:
+    the driver builds it once per process and never holds its data."""
+    key = (spec.label, json.dumps(spec.params, sort_keys=True), spec.train is not None, spec.loss_unit)
+    if key not in _FACTS:
+        workload = build(spec)
+        if workload is None:
+            _FACTS[key] = Facts(None, spec.loss_unit or "sample")
+        else:
+            _FACTS[key] = Facts(workload.n_train, workload.loss_unit)
+    return _FACTS[key]
+
+
+_FACTS: dict[tuple, Facts] = {}
+
+
+def _build(name: str, params_json: str) -> Workload:
     workload = resolve(WorkloadSpec(name=name, params=json.loads(params_json)))(**json.loads(params_json))
     if not isinstance(workload, Workload):
         raise SpecError(f"workload: {cut(name)} returned {type(workload).__name__}, not a Workload")
     return workload
 
 
+_load_cached = functools.lru_cache(maxsize=4)(_build)
+
+
 def check(workload: Workload, source: str = "workload") -> None:
-    """Reject a workload whose loss is not one value per sample (``F.mse_loss`` with its default
-    mean reduction is the usual mistake: it would train with wrong per-sample numbers)."""
-    x, y = workload.x_train[:2], workload.y_train[:2]
+    """Run the model and loss on 2 training samples, so a workload that would fail in every
+    trial fails once, up front. The loss must be one value per sample (``F.mse_loss`` with its
+    default mean reduction is the usual mistake: it would train with wrong per-sample
+    numbers), or with ``items`` one value per item, the shape of the items' mask."""
     try:
         torch.manual_seed(0)
+        inputs, targets = workload.train.batch(torch.arange(min(2, workload.n_train)), torch.device("cpu"))
         with torch.no_grad():
-            out = workload.loss_fn(workload.model_fn()(x), y)
+            out = workload.loss_fn(forward(workload.model_fn(), inputs), targets)
+            mask = workload.items(targets) if workload.items is not None else None
     except Exception as err:  # noqa: BLE001 - it would fail in every trial: say so once, up front
         summary = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         raise SpecError(f"{source}: the model and loss fail on 2 training samples: {cut(summary, 150)}") from None
     shape = tuple(getattr(out, "shape", ()))
-    if len(shape) != 1 or shape[0] != len(x):
+    n = min(2, workload.n_train)
+    if mask is not None:
+        if tuple(getattr(mask, "shape", ())) != shape or not shape or shape[0] != n:
+            raise SpecError(
+                f"{source}.items: the mask must have the shape of loss_fn's per-item losses, "
+                f"{shape} for {n} samples; got {tuple(getattr(mask, 'shape', ()))}"
+            )
+    elif len(shape) != 1 or shape[0] != n:
         raise SpecError(
             f"{source}.loss_fn: must return one loss per sample (reduction='none'), "
-            f"shape ({len(x)},) for 2 samples; got shape {shape}"
+            f"shape ({n},) for {n} samples; got shape {shape} (per-item losses: set Workload.items)"
         )
 
 

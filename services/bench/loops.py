@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -104,3 +105,40 @@ def bench_training_loop(quick: bool) -> Result:
         + ")"
     )
     return Result("training loop vs DataLoader loop", figure, ">= 3x", worst >= 3, rows)
+
+
+# ---- 2. trial packs: K members in lockstep vs one eager loop ------------------------------------
+
+
+def _packed(workload, hp: TrialHParams, k: int, samples: int) -> float:
+    """Member-samples per second of a pack of ``k`` members (LRs spread over a factor of 4)."""
+    from services.training.pack import train_pack
+    from services.training.train import Budget
+
+    members = [
+        derive(batch_size=hp.batch_size, reduction=hp.reduction, optimizer=hp.optimizer, lr_per_sample=c, seed=s)
+        for s, c in enumerate(hp.lr_per_sample * 4 ** (i / max(k - 1, 1) - 0.5) for i in range(k))
+    ]
+    start = time.perf_counter()
+    last = train_pack(workload, members, Budget(samples, samples), lambda i, r: None)
+    return sum(r[m.SAMPLES_SEEN] for r in last) / (time.perf_counter() - start)
+
+
+def bench_packs(quick: bool) -> Result:
+    """Packed training throughput per member against samplewise's own single-trial loop, on the
+    digits MLP (64-64-10, B=32, SGD), one thread; goal: >= 4x at K=16."""
+    from services.training.workloads import digits_mlp
+
+    torch.set_num_threads(1)
+    workload = digits_mlp(hidden=64)
+    hp = derive(batch_size=32, reduction="mean", optimizer="sgd", lr_per_sample=1e-3)
+    samples = 2_000 if quick else 20_000
+    _packed(workload, hp, 2, 500), _our_loop(workload, hp, 500)  # first-call costs, untimed
+    single = statistics.median(_our_loop(workload, hp, samples) for _ in range(1 if quick else 3))
+    rows: dict[Any, Any] = {"single_samples_per_s": round(single)}
+    for k in (4, 16) if quick else (4, 16, 64):
+        packed = statistics.median(_packed(workload, hp, k, samples) for _ in range(1 if quick else 3))
+        rows[f"K={k}"] = {"member_samples_per_s": round(packed), "vs_single": round(packed / single, 2)}
+    at16 = rows["K=16"]["vs_single"]
+    figure = ", ".join(f"{k}: {v['vs_single']}x" for k, v in rows.items() if k.startswith("K="))
+    return Result("packed members vs one trial's loop", figure, ">= 4x at K=16", at16 >= 4, rows)

@@ -83,7 +83,7 @@ class TrialContext:
         *,
         total_samples: int,
         interval_samples: int,
-        report: Callable[[dict, Any], None],
+        report: Callable[[dict, Any], Optional[bool]],
         schedule: Optional[Schedule] = None,
         n_train: Optional[int] = None,
         divergence_factor: float = 5.0,
@@ -163,6 +163,16 @@ class TrialContext:
         self._batch = batch
         return batch
 
+    @property
+    def settings(self) -> dict[str, float]:
+        """The optimizer settings (lr, eps, weight decay) the schedule wants now."""
+        return self.hp.settings(*(self._current or (self.hp.batch_size, 1.0)))
+
+    @property
+    def lr(self) -> float:
+        """The LR the schedule wants now."""
+        return self.settings["lr"]
+
     def reduce(self, losses: torch.Tensor, count: Optional[float] = None) -> torch.Tensor:
         """:func:`reduce_losses` with the trial's reduction."""
         return reduce_losses(losses, self.hp.reduction, count)
@@ -185,7 +195,7 @@ class TrialContext:
         diverged = self.diverged(val, values.get(m.TRAIN_LOSS, val))
         self.samples_seen = samples_seen
         self.val_history.append(val)
-        lr = self._optimizers[0].param_groups[0]["lr"] if self._optimizers else self.hp.lr
+        lr = self._optimizers[0].param_groups[0]["lr"] if self._optimizers else self.lr
         out = {
             **values,
             m.VAL_LOSS: threshold if diverged else val,
@@ -211,8 +221,8 @@ class TrialContext:
             "loop": state,
         }
         self.last_reported = out
-        self._report(out, checkpoint)
-        return diverged or samples_seen >= self.total_samples
+        asked = self._report(out, checkpoint)  # exactly True: whoever runs the trial stops it here
+        return asked is True or diverged or samples_seen >= self.total_samples
 
     def divergence_threshold(self) -> float:
         """The loss past which the trial diverged: ``divergence_factor`` times the initial val

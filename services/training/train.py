@@ -162,7 +162,7 @@ class TrialState:
 def context_for(
     hp: TrialHParams,
     budget: Budget,
-    report: Callable[[dict, Any], None],
+    report: Callable[[dict, Any], Optional[bool]],
     n_train: Optional[int],
     restored: Optional[dict] = None,
     device: str = "cpu",

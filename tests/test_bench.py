@@ -20,6 +20,8 @@ def test_bench_quick_runs_every_measurement(tmp_path, capsys):
         "tracking overhead",
         "analysis and export over 50 trial runs",
         "peak memory per trial worker",
+        "packed members vs one trial's loop",
+        "quickstart sweep vs its bare packed compute",
     ):
         assert name in text, name
     assert "ms of driver CPU per trial run" in text  # tracking at both trial lengths

@@ -319,3 +319,58 @@ def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
         long["overhead"] <= 0.03 if not quick else None,
         {name: {k: round(v, 3) if isinstance(v, float) else v for k, v in arm.items()} for name, arm in shown.items()},
     )
+
+
+# ---- 7. the physical limit: a sweep against its configurations trained packed -------------------
+
+
+def bench_limit(quick: bool, store: Path) -> Result:
+    """The quickstart sweep's wall time against the bare compute of the same configurations:
+    each group of members that share all but the LR and seed trained as one pack
+    (:mod:`services.training.pack`), in one process on all cores, without tracking, Ray or the
+    noise-scale measurement. Goal: the sweep within 1.5x of it."""
+    from services.paths import project_dir
+    from services.results.records import find_parent_run, load_records
+    from services.spec import load_spec
+    from services.tracking.store import client_for
+    from services.training import workloads
+    from services.training.pack import SHARED, train_members
+    from services.training.train import budget_of
+
+    spec = load_spec(str(project_dir() / "sweeps" / "quickstart.yaml"))
+    if quick:
+        spec = spec.model_copy(
+            update={
+                "searcher": spec.searcher.model_copy(update={"num_trials": 8}),
+                "budget": spec.budget.model_copy(update={"epochs": 1}),
+            }
+        )
+    uri = f"sqlite:///{store / 'limit.db'}"
+    wall, _, outcome = _timed_sweep(spec, store, uri, track=True)
+    client = client_for(uri)
+    records = load_records(client, find_parent_run(client, spec.name, outcome.parent_run_id))
+    groups: dict[tuple, list[TrialHParams]] = {}
+    for r in records:
+        groups.setdefault(tuple(getattr(r.hp, name) for name in SHARED), []).append(r.hp)
+    workload = workloads.load(spec.workload)
+    budget = budget_of(spec, workload.n_train)
+    budget = type(budget)(**{**budget.__dict__, "noise_batches": None})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        start = time.perf_counter()
+        for members in groups.values():
+            train_members(workload, members, budget, lambda i, r: None)
+        bare = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    ratio = wall / bare
+    detail = {
+        "sweep_wall_s": round(wall, 1),
+        "packed_bare_compute_s": round(bare, 1),
+        "configurations": len(records),
+        "packs": len(groups),
+        "largest_pack": max(len(g) for g in groups.values()),
+    }
+    figure = f"{ratio:.1f}x ({wall:.0f} s sweep / {bare:.1f} s packed, {len(records)} configurations)"
+    return Result("quickstart sweep vs its bare packed compute", figure, "<= 1.5x", ratio <= 1.5, detail)

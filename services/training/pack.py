@@ -2,7 +2,7 @@
 in LR per sample (and seed), trained in lockstep as one stacked model with ``torch.func``.
 
 Small proxy models leave most of a core (or a GPU) idle per step; a pack does K members' work
-in one batched forward and backward (``vmap`` of ``grad``), so per-member throughput grows
+in one batched forward (``vmap``) and one backward, so per-member throughput grows
 with K. Each member keeps its own init (its seed), its own data order (a generator seeded as
 a single trial's is), its own optimizer state, its own reports and its own divergence, so a
 member trains what the same configuration trains alone (``tests/test_pack.py``: equal losses,
@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from search_spaces.scaling import TrialHParams
 from services import metrics as m
@@ -122,7 +122,7 @@ def _probe(workload: Workload, hp: TrialHParams) -> None:
     def loss(p, b, xb, yb):
         return summed_loss(workload.loss_fn, functional_call(base, (p, b), (xb,)), yb, workload.items)
 
-    vmap(grad_and_value(loss))(params, buffers, xs, ys)
+    vmap(loss)(params, buffers, xs, ys).sum().backward()
 
 
 def train_pack(
@@ -154,7 +154,7 @@ def train_pack(
     def member_loss(p, b, x, y):
         return summed_loss(data.loss_fn, functional_call(base, (p, b), (x,)), y, data.items)
 
-    step = vmap(grad_and_value(member_loss))
+    step = vmap(member_loss)
     evaluate = vmap(member_loss, in_dims=(0, 0, None, None))
     logits = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))
 
@@ -198,11 +198,12 @@ def train_pack(
             pos = 0
         idx = perm[:, pos : pos + bs]
         pos += bs
-        grads, totals = step(params, buffers, x_all[idx], y_all[idx])
         tensors = list(params.values())
+        optimizer.zero_grad(set_to_none=True)
+        totals = step(params, buffers, x_all[idx], y_all[idx])  # (members,) summed losses
+        # the members are independent: the gradient of their sum is each member's own gradient
+        (totals.sum() if hp0.reduction == "sum" else totals.sum() / bs).backward()
         before = [p.detach().clone() for p in tensors]
-        for p, g in zip(tensors, grads.values()):
-            p.grad = g if hp0.reduction == "sum" else g.div_(bs)
         optimizer.step()
         with torch.no_grad():  # each member's change, at its own LR: old + lr * (stepped - old)
             torch._foreach_sub_(tensors, before)

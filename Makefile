@@ -37,7 +37,7 @@ format: install  ## rewrite the code in the project's format and fix what ruff c
 test-fast: install  ## the tests that need no real Ray or MLflow server (about a minute)
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-bench: install  ## measure samplewise against its goals (about 15 min on 2 cores); writes BENCHMARKS.md
+bench: install  ## measure samplewise against its goals (15-21 min on 2 cores); writes BENCHMARKS.md
 	$(BIN)/samplewise bench
 
 bench-quick: install  ## every bench measurement at toy size (a smoke run; the test suite runs it)

@@ -7,6 +7,16 @@ from mlflow.tracking import MlflowClient
 from services.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict:
+    """The environment of a `samplewise` subprocess: this checkout importable, and a local Ray
+    (never the RAY_ADDRESS of the shell that runs the tests)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 SWEEPS = ROOT / "sweeps"
 
 

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from search_spaces.scaling import config_key
 from services import metrics as m
 from services.orchestration.reaper import descendants
-from tests.conftest import ROOT
+from tests.conftest import cli_env
 
 pytestmark = pytest.mark.integration  # real Ray, MLflow and processes: `make test-fast` skips these
 
@@ -38,12 +38,10 @@ SPEC = {
 
 
 def _cli(*args, cwd, log, **kw):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         stdout=open(log, "w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

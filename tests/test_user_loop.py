@@ -3,7 +3,6 @@ through real Ray Tune and MLflow: tracked, exported, failed with the broken cont
 and resumed after a kill -9 of the driver."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from search_spaces.scaling import config_key
 from services import metrics as m
-from tests.conftest import ROOT
+from tests.conftest import cli_env
 from tests.test_resume import _children, _start_and_wait
 
 LOOP_SPEC = {
@@ -34,12 +33,10 @@ LOOP_SPEC = {
 
 
 def _run(*args, cwd, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -18,6 +18,9 @@ Three modes:
   lr*(B) moves off the tied c, and a model pooled across batch sizes would stop bracketing it.
 - ``grid``: ``lr_step`` indexes ``grid_points`` log-spaced values of each optimizer's range.
 
+A trial pack's member (:mod:`search_spaces.packs`) carries its cell's index as the user
+attribute ``CELL_ATTR``: in any mode it trains that cell.
+
 The functions are pure: no I/O, no state.
 """
 
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from search_spaces.packs import CELL_ATTR
 from search_spaces.scaling import derive
 from search_spaces.space import SpaceSpec
 
@@ -77,9 +81,10 @@ def _pick(trial: "optuna.Trial", space: SpaceSpec, seed: int) -> dict[str, Any]:
 
 def suggest(trial: "optuna.Trial", space: SpaceSpec, seed: int, mode: str = "free") -> dict[str, Any]:
     """Suggest one trial's values from ``space`` and return its full derived config."""
-    if mode == "stratified":
+    member_of = trial.user_attrs.get(CELL_ATTR)  # a pack's member: its cell is the pack's
+    if member_of is not None or mode == "stratified":
         all_cells = cells(space, seed)
-        cell = all_cells[trial.number % len(all_cells)]
+        cell = all_cells[(trial.number if member_of is None else int(member_of)) % len(all_cells)]
     else:
         cell = _pick(trial, space, seed)
     optimizer = cell["optimizer"]

@@ -44,6 +44,25 @@ REPLAYED = "replayed"
 """1.0 on the results of a resumed sweep's trial that a dead driver had already trained to the
 end: replayed from MLflow to Tune's searcher and scheduler, not trained again or logged twice."""
 
+PACK = "pack"
+"""Config key of a trial pack (one Tune trial that trains several configurations as one
+vectorized model): the list of its members' configurations."""
+MEMBERS = "members"
+"""Result key of a pack's report: ``{member index as text: that member's metrics}``, for the
+members that reported at this point. The pack's own ``val/loss_per_sample`` and
+``samples_seen`` (what Tune requires of every result) are the best and the largest of them."""
+
+
+def members_of(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The configurations a Tune trial trains: a pack's members, or the trial's own config."""
+    return list(config[PACK]) if PACK in config else [config]
+
+
+def member_id(trial_id: str, member: int) -> str:
+    """The trial id a pack's member is tracked by (its MLflow run's ``samplewise.trial_id``)."""
+    return f"{trial_id}-m{member}"
+
+
 NODE_ID = "node_id"
 """The Ray node a trial ran on (reported with each result; a tag in MLflow, not a metric)."""
 

@@ -157,6 +157,13 @@ class ResourcesSpec(_Frozen):
     """fp32; bf16: autocast (float32's range, no scaler); fp16: autocast and a gradient scaler
     (steps whose scaled gradients overflow are skipped and the scale lowered; sum reduction
     included). On CUDA when the trial has a GPU; on CPU too, where it is rarely faster."""
+    pack_size: Optional[int] = Field(default=None, ge=1, le=4096)
+    """Configurations one trial trains together as a vectorized pack: same cell, LRs per sample
+    that differ (each still its own MLflow run). None: for grid and random search as many as
+    the searcher hands out without changing what it samples (a grid cell's LRs, a cell's
+    random trials) and memory holds; for TPE none. 1: one configuration per trial. With TPE,
+    K > 1 packs TPE's proposal with its neighbours once TPE models results (half a cell's
+    trials at most). Packs need ASHA off and the built-in training loop."""
     max_micro_batch: Optional[int] = Field(default=None, ge=1, le=MAX_BATCH)
     """Most samples one forward/backward pass holds: a larger batch size runs as several
     micro-batches whose gradients accumulate into one update, the reduction taken over the whole

@@ -22,6 +22,8 @@ def test_bench_quick_runs_every_measurement(tmp_path, capsys):
         "peak memory per trial worker",
         "packed members vs one trial's loop",
         "quickstart sweep vs its bare packed compute",
+        "quickstart in packs vs one configuration per trial",
+        "SGD grid in packs vs one configuration per trial",
     ):
         assert name in text, name
     assert "ms of driver CPU per trial run" in text  # tracking at both trial lengths

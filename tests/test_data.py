@@ -222,7 +222,8 @@ def test_a_mask_of_the_wrong_shape_is_refused_naming_items():
 def test_the_driver_keeps_the_facts_of_a_workload_not_its_data():
     workloads._load_cached.cache_clear()
     facts = workloads.survey(WorkloadSpec(name="digits_mlp", params={"hidden": 8}))
-    assert facts == (1078, "sample")
+    assert facts[:2] == (1078, "sample") and facts.pack_refusal is None
+    assert facts.n_params == (64 * 8 + 8) + (8 * 10 + 10)  # the digits MLP 64-8-10
     assert workloads._load_cached.cache_info().currsize == 0  # built, checked, counted, dropped
     assert workloads.survey(WorkloadSpec(name="charlm_gpt", params={"corpus_chars": 20_000})).loss_unit == "item"
 

@@ -22,7 +22,13 @@ LAYERS = (
 )
 """Lowest first: a module may import its own layer and those below, never one above."""
 
-RAY_MODULES = {"services.orchestration.runner", "services.orchestration.schedulers", "services.tracking.callback"}
+RAY_MODULES = {
+    "services.orchestration.runner",
+    "services.orchestration.schedulers",
+    "services.orchestration.packs",
+    "services.orchestration.progress",
+    "services.tracking.callback",
+}
 """The modules that import Ray at import time: the Tune side of samplewise."""
 
 

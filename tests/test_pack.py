@@ -2,14 +2,17 @@
 losses each member gets alone; a member that stops leaves the pack; models vmap cannot run
 train one member at a time."""
 
+import copy
 import logging
 
 import pytest
 from torch import nn
 
 from search_spaces import derive
+from search_spaces.schedules import Schedule
 from services import metrics as m
 from services.training.pack import train_members, train_pack, unpackable
+from services.training.packable import workload_refusal
 from services.training.train import Budget, run_trial
 from services.training.workloads import Workload, digits_mlp
 
@@ -44,7 +47,7 @@ def _alone(workload, hp, budget):
 def test_a_pack_of_4_gives_each_member_the_losses_it_gets_alone(workload, case):
     members = _members(**CASES[case])
     budget = Budget(total_samples=3 * workload.n_train, interval_samples=workload.n_train)
-    assert unpackable(workload, members, budget) is None
+    assert unpackable(workload, members, budget) is None and workload_refusal(workload) is None
     packed: dict[int, list[dict]] = {i: [] for i in range(4)}
     train_pack(workload, members, budget, lambda i, r: packed[i].append(r))
     for i, hp in enumerate(members):
@@ -116,4 +119,69 @@ def test_members_that_differ_in_more_than_the_lr_and_seed_are_not_a_pack(workloa
     members = _members(optimizer="sgd")
     members[2] = derive(batch_size=64, reduction="mean", optimizer="sgd", lr_per_sample=1e-3)
     assert "batch_size" in unpackable(workload, members, Budget(100, 100))
-    assert "noise" in unpackable(workload, _members(optimizer="sgd"), Budget(100, 100, noise_batches=(8, 64)))
+    assert "micro-batches" in unpackable(workload, _members(optimizer="sgd"), Budget(100, 100, micro_batch=8))
+    assert unpackable(workload, _members(optimizer="sgd"), Budget(100, 100, noise_batches=(8, 64))) is None
+
+
+def test_each_member_measures_the_noise_scale_it_measures_alone(workload):
+    members = _members(optimizer="momentum")
+    budget = Budget(total_samples=3 * workload.n_train, interval_samples=workload.n_train, noise_batches=(16, 128))
+    packed: dict[int, list[dict]] = {i: [] for i in range(4)}
+    train_pack(workload, members, budget, lambda i, r: packed[i].append(r))
+    for i, hp in enumerate(members):
+        alone = _alone(workload, hp, budget)
+        assert [r[m.B_SIMPLE] for r in packed[i]] == pytest.approx([r[m.B_SIMPLE] for r in alone], rel=1e-4)
+        assert [r[m.VAL_LOSS] for r in packed[i]] == pytest.approx([r[m.VAL_LOSS] for r in alone], rel=1e-5)
+    assert len({round(packed[i][-1][m.B_SIMPLE], 3) for i in range(4)}) > 1  # each member its own
+
+
+def test_a_pack_continued_from_a_points_state_reports_what_it_reports_uninterrupted(workload):
+    members = _members(optimizer="adam")
+    members[3] = derive(batch_size=32, reduction="mean", optimizer="adam", lr_per_sample=0.5, seed=2)  # diverges
+    budget = Budget(total_samples=4 * workload.n_train, interval_samples=workload.n_train, noise_batches=(16, 128))
+    whole: dict[int, list[dict]] = {i: [] for i in range(4)}
+    train_pack(workload, members, budget, lambda i, r: whole[i].append(r))
+    assert len(whole[3]) < 4  # a member left before the checkpoint
+
+    states: list[dict] = []
+
+    def point(samples, state):
+        if len(states) < 2:
+            states.append(copy.deepcopy(state()))
+            if len(states) == 2:
+                raise KeyboardInterrupt  # the worker dies after its second point
+
+    first: dict[int, list[dict]] = {i: [] for i in range(4)}
+    with pytest.raises(KeyboardInterrupt):
+        train_pack(workload, members, budget, lambda i, r: first[i].append(r), point=point)
+    rest: dict[int, list[dict]] = {i: [] for i in range(4)}
+    last = train_pack(workload, members, budget, lambda i, r: rest[i].append(r), restored=states[-1])
+    for i in range(4):
+        got = first[i] + rest[i]
+        assert [r[m.SAMPLES_SEEN] for r in got] == [r[m.SAMPLES_SEEN] for r in whole[i]]
+        for key in (m.VAL_LOSS, m.TRAIN_LOSS, m.B_SIMPLE, m.UPDATES):
+            assert [r.get(key) for r in got] == pytest.approx([r.get(key) for r in whole[i]], rel=1e-6), (i, key)
+        assert last[i][m.SAMPLES_SEEN] == whole[i][-1][m.SAMPLES_SEEN]
+
+
+@pytest.mark.parametrize("schedule", ["lr_decay", "batch_growth"])
+def test_members_follow_a_milestone_schedule_as_they_do_alone(workload, schedule):
+    members = [
+        derive(batch_size=16, reduction="mean", optimizer="momentum", lr_per_sample=c, seed=s, schedule=schedule)
+        for c, s in ((1e-3, 0), (3e-3, 1), (1e-2, 2))
+    ]
+    budget = Budget(
+        total_samples=4 * workload.n_train,
+        interval_samples=workload.n_train,
+        schedule=Schedule(factor=4, milestones=(0.3, 0.6)),
+    )
+    assert unpackable(workload, members, budget) is None
+    packed: dict[int, list[dict]] = {i: [] for i in range(3)}
+    train_pack(workload, members, budget, lambda i, r: packed[i].append(r))
+    for i, hp in enumerate(members):
+        alone = _alone(workload, hp, budget)
+        for key in (m.VAL_LOSS, m.LR, m.BATCH_SIZE, m.UPDATES):
+            assert [r[key] for r in packed[i]] == pytest.approx([r[key] for r in alone], rel=1e-5), (i, key)
+    assert len({r[m.BATCH_SIZE] for r in packed[0]}) > 1 or len({r[m.LR] for r in packed[0]}) > 1  # it moved
+    plateau = Budget(100, 100, schedule=Schedule(patience=2))
+    assert "plateaus" in unpackable(workload, members, plateau)

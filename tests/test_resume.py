@@ -125,8 +125,17 @@ def _report_steps(batch_size, n_train=1078, interval=2000):
 def test_sigkill_at_any_moment_then_resume_keeps_one_finished_run_per_configuration(tmp_path):
     # no experiment snapshot after the start: every trial that finished before the kill is unknown
     # to the restored Tune state, the worst moment for a kill
-    spec = {**SPEC, "failures": {"checkpoint_every_s": 0, "snapshot_every_s": 3600}}
+    # in trial packs of 2: the kill lands while packs run (they resume from their checkpoints),
+    # after others finished (their members are replayed from MLflow)
+    # (a wider model: packs train fast, and the kill must land before the last one ends)
+    spec = {
+        **SPEC,
+        "workload": {"name": "digits_mlp", "params": {"hidden": 1024}},
+        "failures": {"checkpoint_every_s": 0, "snapshot_every_s": 3600},
+        "resources": {"pack_size": 2},
+    }
     driver, client, uri = _start_and_wait(tmp_path, spec, min_finished=3)
+    assert "packs of up to 2 (4 Tune trials for 8 configurations)" in (tmp_path / "driver.log").read_text()
     started = descendants(driver.pid, exclude=-1)  # the local Ray it started, trial workers included
     assert len(started) >= 3
     driver.kill()  # SIGKILL to the driver alone: nothing of it may run on
@@ -142,8 +151,14 @@ def test_sigkill_at_any_moment_then_resume_keeps_one_finished_run_per_configurat
     _resume_and_check(tmp_path, client, uri, spec, finished_before)
 
 
-def test_ctrl_c_exits_nonzero_leaves_the_sweep_resumable_and_resume_finishes_it(tmp_path):
-    driver, client, uri = _start_and_wait(tmp_path, SPEC, min_finished=2)
+@pytest.mark.parametrize("pack_size", [1, 2])
+def test_ctrl_c_exits_nonzero_leaves_the_sweep_resumable_and_resume_finishes_it(tmp_path, pack_size):
+    # one configuration per trial, or packs of 2 (a wider model, so the packs outlast the interrupt):
+    # the interrupted trials continue from their checkpoints
+    spec = {**SPEC, "resources": {"pack_size": pack_size}}
+    if pack_size > 1:
+        spec["workload"] = {"name": "digits_mlp", "params": {"hidden": 1024}}
+    driver, client, uri = _start_and_wait(tmp_path, spec, min_finished=2)
     os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the foreground group
     status = driver.wait(timeout=120)
     log = (tmp_path / "driver.log").read_text()
@@ -156,4 +171,4 @@ def test_ctrl_c_exits_nonzero_leaves_the_sweep_resumable_and_resume_finishes_it(
     assert all(r.info.status != "RUNNING" for r in before)
     finished_before = [r for r in before if r.info.status == "FINISHED"]
     assert len(finished_before) < NUM_TRIALS
-    _resume_and_check(tmp_path, client, uri, SPEC, finished_before)
+    _resume_and_check(tmp_path, client, uri, spec, finished_before)

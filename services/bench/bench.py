@@ -15,7 +15,13 @@ from pathlib import Path
 from services.bench.loops import bench_packs, bench_training_loop
 from services.bench.report import Result, to_markdown
 from services.bench.store import bench_export
-from services.bench.sweeps import bench_limit, bench_orchestration, bench_search, bench_tracking
+from services.bench.sweeps import (
+    bench_limit,
+    bench_orchestration,
+    bench_packed_grid,
+    bench_search,
+    bench_tracking,
+)
 
 
 def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
@@ -35,7 +41,8 @@ def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
             if started_ray:
                 orchestration.detail["untimed_ray_start_s"] = round(ray_start_s, 1)
             results += [orchestration, bench_search(quick, store), bench_tracking(quick, store, long_tracking)]
-            results.append(bench_limit(quick, store))
+            results += bench_limit(quick, store)
+            results.append(bench_packed_grid(quick, store))
         finally:
             if started_ray:
                 ray.shutdown()

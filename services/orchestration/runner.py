@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Optional
 
 import ray
 from ray import tune
@@ -16,11 +16,12 @@ from ray.exceptions import RayActorError
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces.scaling import TrialHParams
 from search_spaces.tied import grid_points, tied_space
 from services import metrics as m
 from services import paths
 from services.errors import ResumeError, SweepInterrupted
+from services.orchestration.packs import PackSearch, sweep_packs
+from services.orchestration.progress import INTERRUPTED, InterruptWatch, ProgressPrinter
 from services.orchestration.schedulers import GroupedASHA
 from services.spec import SweepSpec, check_cpus
 from services.tracking import callback as tracking
@@ -38,30 +39,40 @@ class SweepOutcome:
     num_errors: int
 
 
-def make_searcher(spec: SweepSpec) -> OptunaSearch:
-    """OptunaSearch over the tied define-by-run space; the sampler follows ``searcher.kind``."""
+def make_searcher(spec: SweepSpec, packs: Optional[list] = None) -> OptunaSearch:
+    """OptunaSearch over the tied define-by-run space; the sampler follows ``searcher.kind``.
+    With ``packs`` (:func:`services.orchestration.packs.plan`), a :class:`PackSearch` that
+    hands out each pack's members together."""
     import optuna
 
     seed = spec.searcher.seed
     if spec.searcher.kind == "tpe":
         # multivariate: model c jointly with optimizer and batch size (SGD's and Adam's c differ
-        # by orders of magnitude); constant_liar: concurrent trials do not all ask for the same point.
+        # by orders of magnitude); constant_liar: concurrent trials (and a pack's members, asked
+        # together) do not all ask for the same point.
         # stratified: each cell's c is its own parameter, seen in a tenth or less of the trials;
         # half the budget spread at random lays out every U-curve before TPE refines near the best
         startup = spec.num_trials // 2 if spec.searcher.stratify else max(10, spec.num_trials // 5)
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
             seed=seed,
             multivariate=True,
-            constant_liar=spec.searcher.max_concurrent > 1,
+            constant_liar=spec.searcher.max_concurrent > 1 or bool(packs),
             n_startup_trials=startup,
         )
-    elif spec.searcher.kind == "random":
+    elif spec.searcher.kind == "random" or packs:  # a grid's packs fix every value they suggest
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.GridSampler(grid_points(spec.space), seed=seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mode = "grid" if spec.searcher.kind == "grid" else "stratified" if spec.searcher.stratify else "free"
-    return OptunaSearch(space=tied_space(spec.space, seed, mode), metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler)
+    space = tied_space(spec.space, seed, mode)
+    if packs:
+        windows = None
+        if spec.searcher.kind == "tpe":  # past its random start, TPE proposes each pack's centre
+            per_cell = -(-spec.num_trials // spec.space.cells())
+            windows = (spec.space, per_cell, startup)
+        return PackSearch(space=space, metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler, packs=packs, windows=windows)
+    return OptunaSearch(space=space, metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler)
 
 
 def make_scheduler(spec: SweepSpec, budget_samples: int, interval_samples: int):
@@ -87,43 +98,6 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
     if ray.cluster_resources().get("GPU", 0) > 0 and spec.resources.gpus_per_trial > 0:
         resources["gpu"] = spec.resources.gpus_per_trial
     return resources
-
-
-class ProgressPrinter(tune.Callback):
-    """One line per finished trial, so a user sees the sweep move."""
-
-    def __init__(self, total: int, budget_samples: int, stream: IO[str]):
-        self.total, self.budget_samples, self.stream, self.done = total, budget_samples, stream, 0
-
-    def __getstate__(self):  # Tune pickles its callbacks with the experiment; streams do not pickle
-        return {**self.__dict__, "stream": None}
-
-    def _line(self, trials, trial, outcome: str) -> None:
-        # counted from Tune's own trial states, so a resumed sweep counts on from where it was
-        self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial) + 1
-        hp, r = TrialHParams.from_config(trial.config), trial.last_result or {}
-        loss, acc = r.get(m.VAL_LOSS), r.get(m.VAL_ACCURACY)
-        metrics_text = (f"val {loss:.4f}" + (f"  acc {acc:.3f}" if acc is not None else "")) if loss is not None else ""
-        stream = self.stream or sys.stdout
-        stream.write(
-            f"[{self.done:>3}/{self.total}] {hp.optimizer:<8} {hp.reduction:<4} "
-            f"B={hp.batch_size:<5} c={hp.lr_per_sample:.2e} lr={hp.lr:.2e}  "
-            f"{metrics_text}  {outcome}\n"
-        )
-        stream.flush()
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        r = trial.last_result or {}
-        if r.get(m.DIVERGED):
-            outcome = "diverged"
-        elif m.stopped_early(r, self.budget_samples):
-            outcome = f"stopped by ASHA at {r.get(m.SAMPLES_SEEN, 0)} samples"
-        else:
-            outcome = f"done ({r.get(m.SAMPLES_SEEN, 0)} samples)"
-        self._line(trials, trial, outcome)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, trial, f"FAILED: {tracking.error_summary(trial)}")
 
 
 class KilledForMemory(RayActorError):
@@ -201,14 +175,19 @@ def make_trainable(spec: SweepSpec, replay: dict | None = None):
     return tune.with_resources(tune.with_parameters(tune_trainable, spec=spec, replay=replay), trial_resources(spec))
 
 
-def check_complete(results, spec: SweepSpec, spec_path: str) -> None:
-    """Raise :class:`SweepInterrupted` unless every trial ended: on Ctrl-C, Tune saves its state
-    and ``fit()`` returns as if the sweep were done."""
-    ended = results.num_terminated + results.num_errors
-    if ended < spec.num_trials:
+def check_complete(results, spec: SweepSpec, spec_path: str, trials: Optional[int] = None) -> None:
+    """Raise :class:`SweepInterrupted` unless every trial (``trials`` Tune trials, default the
+    spec's) ended: on Ctrl-C, Tune saves its state and ``fit()`` returns as if the sweep were done."""
+    ended, total = results.num_terminated + results.num_errors, trials or spec.num_trials
+    if INTERRUPTED.is_set() or ended < total:
+        # after an interrupt Tune counts the trials it stopped as ended: say how far only when that is known
+        done = (
+            ""
+            if INTERRUPTED.is_set()
+            else f" with {ended} of {total} {'Tune trials (packs)' if trials else 'trials'} done"
+        )
         raise SweepInterrupted(
-            f"sweep {spec.name} interrupted with {ended} of {spec.num_trials} trials done; "
-            f"continue it with: make resume SWEEP={spec_path or '<spec>'}"
+            f"sweep {spec.name} interrupted{done}; continue it with: make resume SWEEP={spec_path or '<spec>'}"
         )
 
 
@@ -246,6 +225,8 @@ def run_sweep(
     facts = workloads.survey(spec.workload)
     n_train = facts.n_train
     budget_samples = spec.budget.total_samples(n_train or 0)
+    packs, packing = sweep_packs(spec, facts)
+    tune_trials = len(packs) if packs else spec.num_trials
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = storage_path or paths.storage_path()
     tracker = None
@@ -268,32 +249,37 @@ def run_sweep(
             started = init_ray(ray_address if ray_address is not None else paths.ray_address())
             stream.write(
                 f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.label}, "
-                f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}; "
+                f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}, {packing}; "
                 + (f"MLflow {uri}\n" if track else "MLflow off\n")
             )
             stream.flush()
             _snapshot_period(spec)
+            INTERRUPTED.clear()
             tuner = tune.Tuner(
                 make_trainable(spec),
                 tune_config=tune.TuneConfig(
                     metric=m.OBJECTIVE,
                     mode=m.MODE,
-                    search_alg=make_searcher(spec),
+                    search_alg=make_searcher(spec, packs),
                     scheduler=make_scheduler(spec, budget_samples, spec.budget.interval_samples(n_train)),
-                    num_samples=spec.num_trials,
+                    num_samples=tune_trials,
                     max_concurrent_trials=spec.searcher.max_concurrent,
                     reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name=run_name,
                     storage_path=storage,
-                    callbacks=[c for c in (tracker, ProgressPrinter(spec.num_trials, budget_samples, stream)) if c],
+                    callbacks=[
+                        c
+                        for c in (tracker, ProgressPrinter(spec.num_trials, budget_samples, stream), InterruptWatch())
+                        if c
+                    ],
                     failure_config=tune.FailureConfig(max_failures=spec.failures.max_retries),
                     verbose=0,
                 ),
             )
             results = tuner.fit()
-            check_complete(results, spec, spec_path)
+            check_complete(results, spec, spec_path, len(packs) if packs else None)
     except Exception:
         if tracker is not None and tracker.error is not None:
             raise tracker.error from None  # the store never opened: that, not what it caused
@@ -349,12 +335,14 @@ def resume_sweep(
         replay = store.recorded_results(client, parent.info.experiment_id, parent.info.run_id)
         client.update_run(parent.info.run_id, status="RUNNING")
         _snapshot_period(spec)
+        INTERRUPTED.clear()
         with _submission(lambda status: client.set_terminated(parent.info.run_id, status=status)):
             tuner = tune.Tuner.restore(
                 path, trainable=make_trainable(spec, replay), resume_unfinished=True, resume_errored=True
             )
             results = tuner.fit()
-            check_complete(results, spec, spec_path)
+            packs, _ = sweep_packs(spec, workloads.survey(spec.workload))
+            check_complete(results, spec, spec_path, len(packs) if packs else None)
         return SweepOutcome(parent.info.run_id, parent.info.experiment_id, uri, path, results.num_errors)
     finally:
         if started:

@@ -105,6 +105,8 @@ class MlflowTracker(tune.Callback):
 
     def _setup(self, experiment_id: str | None, parent_run_id: str | None) -> None:
         self.error: TrackingError | None = None
+        self._member_last: dict[str, dict] = {}  # a pack member's id -> its last result
+        self._ended: set[str] = set()  # runs whose end is queued
         self.runs = SweepRuns(self.tracking_uri, self.spec, self._parent_tags.get(m.TAG_RAY_RUN, ""))
         self.runs.experiment_id, self.runs.parent_run_id = experiment_id, parent_run_id
         self._writer = Writer(self.runs.write_staged, self.LINGER_S, f"MLflow {self.tracking_uri}")
@@ -178,24 +180,50 @@ class MlflowTracker(tune.Callback):
             raise self.error
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._submit(self.runs.start, trial.trial_id, dict(trial.config))
+        for member, config in self._members(trial):
+            self._submit(self.runs.start, member, config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._submit(self.runs.result, trial.trial_id, dict(trial.config), dict(result))
+        if m.MEMBERS not in result:
+            self._submit(self.runs.result, trial.trial_id, dict(trial.config), dict(result))
+            return
+        members = dict(self._members(trial))
+        for j, metrics in result[m.MEMBERS].items():
+            member = m.member_id(trial.trial_id, int(j))
+            metrics = {**metrics, m.NODE_ID: result.get(m.NODE_ID)} if m.NODE_ID in result else dict(metrics)
+            self._member_last[member] = metrics
+            self._submit(self.runs.result, member, members[member], metrics)
+            if metrics.get(m.DIVERGED) or metrics.get(m.SAMPLES_SEEN, 0) >= self.budget_samples:
+                self._end(member, members[member], "FINISHED", self._end_tags(metrics))  # the pack goes on
+
+    def _members(self, trial) -> list[tuple[str, dict]]:
+        """(trial id, configuration) of what ``trial`` trains: its pack's members, or itself."""
+        if m.PACK not in trial.config:
+            return [(trial.trial_id, dict(trial.config))]
+        return [(m.member_id(trial.trial_id, j), dict(c)) for j, c in enumerate(trial.config[m.PACK])]
+
+    def _end_tags(self, last: Mapping) -> dict[str, str]:
+        diverged, stopped = bool(last.get(m.DIVERGED)), m.stopped_early(last, self.budget_samples)
+        return {m.TAG_DIVERGED: str(diverged).lower(), m.TAG_STOPPED_EARLY: str(stopped).lower()}
+
+    def _end(self, member: str, config: dict, status: str, tags: dict[str, str]) -> None:
+        if member not in self._ended:
+            self._ended.add(member)
+            self._submit(self.runs.end, member, config, status, tags)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        diverged, stopped = bool(last.get(m.DIVERGED)), m.stopped_early(last, self.budget_samples)
-        tags = {m.TAG_DIVERGED: str(diverged).lower(), m.TAG_STOPPED_EARLY: str(stopped).lower()}
-        self._submit(self.runs.end, trial.trial_id, dict(trial.config), "FINISHED", tags)
+        for member, config in self._members(trial):
+            last = (trial.last_result or {}) if member == trial.trial_id else self._member_last.get(member, {})
+            self._end(member, config, "FINISHED", self._end_tags(last))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         tags = {m.TAG_ERROR: error_summary(trial)}
-        self._submit(self.runs.end, trial.trial_id, dict(trial.config), "FAILED", tags)
+        for member, config in self._members(trial):
+            self._end(member, config, "FAILED", tags)
 
     def on_experiment_end(self, trials, **info):
         # trials Tune restored as already ended never start again: their runs are the sweep's
-        self._submit(self.runs.claim_trials, [t.trial_id for t in trials])
+        self._submit(self.runs.claim_trials, [member for t in trials for member, _ in self._members(t)])
         self.close("KILLED")
 
     def close(self, status: str = "KILLED") -> None:

@@ -51,19 +51,43 @@ class NoiseScale:
             self._gen = torch.Generator()
             self._gen.set_state(state["gen"])
 
+    def sizes(self, n: int) -> Optional[tuple[int, int]]:
+        """The (small, large) batch sizes on a training set of ``n`` samples; None when they meet."""
+        small, large = min(self.small, n), min(self.large, n)
+        return (small, large) if small < large else None
+
+    def draw(self, n: int, size: int) -> torch.Tensor:
+        """The indices of one measuring batch, from the estimator's own generator."""
+        if self._gen is None:
+            self._gen = torch.Generator().manual_seed(self.seed + 7919)  # apart from the data order
+        return torch.randperm(n, generator=self._gen)[:size]
+
+    def update(self, g_small: float, g_large: float, small: int, large: int) -> Optional[float]:
+        """Fold one measurement (the mean squared gradient norms at the two batch sizes) into
+        the EMA; returns the smoothed B_simple, or None while not positive."""
+        g2 = (large * g_large - small * g_small) / (large - small)
+        tr = (g_small - g_large) / (1.0 / small - 1.0 / large)
+        if self._g2 is None or self._tr is None:
+            self._g2, self._tr = g2, tr
+        else:
+            self._g2 = self.decay * self._g2 + (1 - self.decay) * g2
+            self._tr = self.decay * self._tr + (1 - self.decay) * tr
+        if self._g2 > 0 and self._tr > 0:
+            return self._tr / self._g2
+        return None
+
     def measure(self, model: torch.nn.Module, workload: Workload) -> Optional[float]:
         """One measurement; returns the EMA-smoothed B_simple, or None while not positive."""
         n = workload.n_train
-        small, large = min(self.small, n), min(self.large, n)
-        if small >= large:
+        sizes = self.sizes(n)
+        if sizes is None:
             return None
-        if self._gen is None:
-            self._gen = torch.Generator().manual_seed(self.seed + 7919)  # apart from the data order
+        small, large = sizes
         device = next(iter(model.parameters())).device
         train = workload.train
 
         def norm(size: int) -> torch.Tensor:
-            x, y = train.batch(torch.randperm(n, generator=self._gen)[:size], device)
+            x, y = train.batch(self.draw(n, size), device)
             return grad_sq_norm(model, x, y, workload.loss_fn, workload.items)
 
         # the extra forward passes run in train mode: keep BatchNorm's running statistics (and
@@ -76,13 +100,4 @@ class NoiseScale:
             with torch.no_grad():
                 for name, buf in model.named_buffers():
                     buf.copy_(saved[name])
-        g2 = ((large * g_large - small * g_small) / (large - small)).item()
-        tr = ((g_small - g_large) / (1.0 / small - 1.0 / large)).item()
-        if self._g2 is None or self._tr is None:
-            self._g2, self._tr = g2, tr
-        else:
-            self._g2 = self.decay * self._g2 + (1 - self.decay) * g2
-            self._tr = self.decay * self._tr + (1 - self.decay) * tr
-        if self._g2 > 0 and self._tr > 0:
-            return self._tr / self._g2
-        return None
+        return self.update(g_small.item(), g_large.item(), small, large)

@@ -83,7 +83,7 @@ def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
     """
     from ray import tune
 
-    recorded = (replay or {}).get(config_key(config))
+    recorded = _recorded(config, replay or {})
     if recorded:
         for result in recorded:
             tune.report(result)
@@ -91,6 +91,33 @@ def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
     timeout_s = spec.failures.trial_timeout_s
     with _time_limit(timeout_s, tune.get_context().get_trial_dir()):
         _train(config, spec)
+
+
+def _recorded(config: dict, replay: dict) -> Optional[list[dict]]:
+    """What a dead driver's finished trial (or every member of a pack) reported, or None."""
+    histories: list[list[dict]] = []
+    for member in m.members_of(config):
+        history = replay.get(config_key(member))
+        if not history:
+            return None
+        histories.append(history)
+    if m.PACK not in config:
+        return histories[0]
+    return [
+        pack_result({str(j): h[i] for j, h in enumerate(histories) if i < len(h)})
+        for i in range(max(len(h) for h in histories))
+    ]
+
+
+def pack_result(members: dict[str, dict]) -> dict:
+    """One Tune result of a pack: the members that reported at this point (``metrics.MEMBERS``),
+    with the best objective and the most samples among them (every result must carry both)."""
+    return {
+        m.MEMBERS: members,
+        m.OBJECTIVE: min(r[m.OBJECTIVE] for r in members.values()),
+        m.SAMPLES_SEEN: max(r[m.SAMPLES_SEEN] for r in members.values()),
+        m.DIVERGED: float(all(r.get(m.DIVERGED) for r in members.values())),
+    }
 
 
 def _train(config: dict, spec) -> None:
@@ -127,6 +154,9 @@ def _train(config: dict, spec) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
         last_checkpoint = time.monotonic()
 
+    if m.PACK in config:
+        _train_pack(config, spec, device, saved, reported, node_id)
+        return
     hp = TrialHParams.from_config(config)
     if spec.workload.train is not None:  # the user's own loop
         from services.training.user_loop import resolve_loop
@@ -140,3 +170,38 @@ def _train(config: dict, spec) -> None:
     budget = budget_of(spec, workload.n_train)
     ctx = context_for(hp, budget, report, workload.n_train, saved, device, spec.workload.params)
     train_workload(ctx, workload, budget)
+
+
+def _train_pack(config: dict, spec, device: str, saved: Optional[dict], reported: list[dict], node_id: str) -> None:
+    """A pack's trial: its members trained as one vectorized model
+    (:func:`services.training.pack.train_members`); one Tune result per report point, holding
+    what each member reported there, and a checkpoint of the whole pack."""
+    from ray import tune
+
+    from services.training import workloads
+    from services.training.pack import train_members
+
+    members = [TrialHParams.from_config(c) for c in config[m.PACK]]
+    workload = workloads.load(spec.workload, device)
+    budget = budget_of(spec, workload.n_train)
+    pending: dict[str, dict] = {}
+    last_checkpoint = time.monotonic()
+
+    def report(member: int, metrics: dict) -> None:
+        pending[str(member)] = metrics
+
+    def point(samples: int, state) -> None:
+        nonlocal last_checkpoint
+        result = {**pack_result(dict(pending)), m.NODE_ID: node_id}
+        pending.clear()
+        reported.append(result)
+        if time.monotonic() - last_checkpoint < spec.failures.checkpoint_every_s or not (values := state()):
+            tune.report(result)
+            return
+        with tempfile.TemporaryDirectory() as path:
+            torch.save({"pack": values, "reported": reported}, os.path.join(path, STATE_FILE))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
+        last_checkpoint = time.monotonic()
+
+    restored = (saved or {}).get("pack")
+    train_members(workload, members, budget, report, device, point=point, restored=restored)

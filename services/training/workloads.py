@@ -372,6 +372,10 @@ class Facts(NamedTuple):
     """Training samples; None for a ``workload.train`` loop, whose budget is in samples."""
     loss_unit: str
     """What its losses are per: "sample", or "item" (``Workload.items`` or the spec's loss_unit)."""
+    n_params: Optional[int] = None
+    """Parameters of its model (None for a ``workload.train`` loop)."""
+    pack_refusal: Optional[str] = None
+    """Why its configurations cannot train as trial packs (:mod:`services.training.packable`)."""
 
 
 def survey(spec: WorkloadSpec) -> Facts:
@@ -383,7 +387,14 @@ def survey(spec: WorkloadSpec) -> Facts:
         if workload is None:
             _FACTS[key] = Facts(None, spec.loss_unit or "sample")
         else:
-            _FACTS[key] = Facts(workload.n_train, workload.loss_unit)
+            from services.training import packable
+
+            _FACTS[key] = Facts(
+                workload.n_train,
+                workload.loss_unit,
+                packable.n_params(workload),
+                packable.workload_refusal(workload),
+            )
     return _FACTS[key]
 
 

@@ -1,0 +1,103 @@
+"""Which configurations train together as one trial pack, as pure functions.
+
+A pack (``services.training.pack``) trains K members that share their cell (batch size x
+optimizer x reduction x schedule x seed) and differ only in the LR per sample, in one
+vectorized model. The searcher therefore hands out a pack's members together: each member is
+one Optuna trial of the tied space (:mod:`search_spaces.tied`), enqueued with its cell (the
+``CELL_ATTR`` user attribute) and, on a grid, its LR step, so the sampler picks only what it
+picks for a single trial.
+
+- ``grid``: each cell's grid LRs, cut into ``ceil(points / K)`` packs (a pack takes every
+  ``ceil(points / K)``-th LR, so each one spans the whole range); every grid point exactly once.
+- ``stratified`` (tpe, random): a cell's trials, as many as trial ``t -> cell t mod n`` gives it
+  unpacked, cut into packs taken in rounds over the cells, as the unpacked sweep takes its
+  trials: every cell's first round is sampled before any cell's second, so TPE learns from
+  every cell's first LRs before it proposes the next. Once TPE models the results (past its
+  random start), it proposes one LR per pack, and the pack's other members are that LR's
+  neighbours (:func:`window`): the pack refines around TPE's best guess, where K proposals
+  at once (before any result of them) would spread away from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from search_spaces.space import SpaceSpec
+
+CELL_ATTR = "samplewise_cell"
+"""Optuna user attribute of a pack member's trial: the index of its cell in ``tied.cells``."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One configuration of a pack: its cell and the Optuna params fixed for it."""
+
+    cell: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _split(count: int, size: int) -> list[int]:
+    """``count`` members cut into ``ceil(count / size)`` packs of near-equal sizes, largest first."""
+    packs = math.ceil(count / size)
+    return [count // packs + (1 if i < count % packs else 0) for i in range(packs)]
+
+
+def plan_packs(space: SpaceSpec, mode: str, num_trials: int, size: int, grid_steps: int = 0) -> list[list[Member]]:
+    """The packs of a sweep of ``num_trials`` configurations, at most ``size`` members each, in
+    the order the searcher hands them out (see the module docstring). ``grid_steps``: the
+    number of grid LRs per cell (``mode == "grid"``, every grid point a member)."""
+    if size < 1:
+        raise ValueError(f"size: a pack holds at least one member, got {size}")
+    n = space.cells()
+    rounds: list[list[list[Member]]] = []  # per cell, its packs in order
+    for cell in range(n):
+        if mode == "grid":
+            windows = math.ceil(grid_steps / size)
+            per_cell = [[Member(cell, {"lr_step": s}) for s in range(w, grid_steps, windows)] for w in range(windows)]
+        elif mode == "stratified":
+            count = len(range(cell, num_trials, n))
+            per_cell = [[Member(cell)] * k for k in _split(count, size)] if count else []
+        else:
+            raise ValueError(f"mode: packs need a grid or stratified search, got {mode!r}")
+        rounds.append(per_cell)
+    out: list[list[Member]] = []
+    sizes = space.batch_sizes  # the cells' batch size varies fastest (``tied.cells``)
+    by_cost = sorted(range(n), key=lambda cell: sizes[cell % len(sizes)])
+    for r in range(max((len(p) for p in rounds), default=0)):
+        # the smallest batch sizes (the most steps) first, so no long pack starts last
+        out.extend(rounds[cell][r] for cell in by_cost if r < len(rounds[cell]))
+    return out
+
+
+def largest_pack(mode: str, searcher: str, num_trials: int, cells: int, grid_steps: int = 0) -> int:
+    """The most members a pack may have without changing what the searcher learns: a grid
+    cell's points; for random search a cell's trials; for TPE half of them (two rounds, so
+    the second is proposed knowing the first)."""
+    if mode == "grid":
+        return max(1, grid_steps)
+    per_cell = math.ceil(num_trials / cells)
+    return max(1, per_cell if searcher == "random" else per_cell // 2)
+
+
+def window(centre: float, low: float, high: float, count: int, ratio: float) -> list[float]:
+    """``count`` LRs around ``centre``, a factor ``ratio`` apart (centre * ratio**o for o = 1,
+    -1, 2, -2, ...), those within [low, high] only: a pack's members beside TPE's proposal."""
+    if ratio <= 1:
+        raise ValueError(f"ratio: neighbours must differ, got {ratio}")
+    out: list[float] = []
+    step = 1
+    while len(out) < count and step <= 2 * count + 64:
+        for o in (step, -step):
+            c = centre * ratio**o
+            if low <= c <= high and len(out) < count:
+                out.append(c)
+        step += 1
+    return out
+
+
+def window_ratio(low: float, high: float, per_cell: int) -> float:
+    """The factor between a pack's neighbouring LRs: the range's span shared out as if each of
+    a cell's ``per_cell`` trials had twice its share (a window refines, it does not cover)."""
+    return max(high / low, 1.0 + 1e-6) ** (1.0 / (2 * max(per_cell, 1)))

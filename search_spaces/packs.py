@@ -12,10 +12,7 @@ picks for a single trial.
 - ``stratified`` (tpe, random): a cell's trials, as many as trial ``t -> cell t mod n`` gives it
   unpacked, cut into packs taken in rounds over the cells, as the unpacked sweep takes its
   trials: every cell's first round is sampled before any cell's second, so TPE learns from
-  every cell's first LRs before it proposes the next. Once TPE models the results (past its
-  random start), it proposes one LR per pack, and the pack's other members are that LR's
-  neighbours (:func:`window`): the pack refines around TPE's best guess, where K proposals
-  at once (before any result of them) would spread away from it.
+  every cell's first LRs before it proposes the next.
 """
 
 from __future__ import annotations
@@ -79,25 +76,3 @@ def largest_pack(mode: str, searcher: str, num_trials: int, cells: int, grid_ste
         return max(1, grid_steps)
     per_cell = math.ceil(num_trials / cells)
     return max(1, per_cell if searcher == "random" else per_cell // 2)
-
-
-def window(centre: float, low: float, high: float, count: int, ratio: float) -> list[float]:
-    """``count`` LRs around ``centre``, a factor ``ratio`` apart (centre * ratio**o for o = 1,
-    -1, 2, -2, ...), those within [low, high] only: a pack's members beside TPE's proposal."""
-    if ratio <= 1:
-        raise ValueError(f"ratio: neighbours must differ, got {ratio}")
-    out: list[float] = []
-    step = 1
-    while len(out) < count and step <= 2 * count + 64:
-        for o in (step, -step):
-            c = centre * ratio**o
-            if low <= c <= high and len(out) < count:
-                out.append(c)
-        step += 1
-    return out
-
-
-def window_ratio(low: float, high: float, per_cell: int) -> float:
-    """The factor between a pack's neighbouring LRs: the range's span shared out as if each of
-    a cell's ``per_cell`` trials had twice its share (a window refines, it does not cover)."""
-    return max(high / low, 1.0 + 1e-6) ** (1.0 / (2 * max(per_cell, 1)))

@@ -3,7 +3,6 @@ pack (search_spaces.packs), the searcher that hands them out (PackSearch, on a r
 study), and the pack size a spec gets."""
 
 import collections
-import math
 
 import optuna
 import pytest
@@ -11,7 +10,7 @@ from ray.tune.search import Searcher
 from ray.tune.utils import flatten_dict
 
 from search_spaces import suggest
-from search_spaces.packs import CELL_ATTR, largest_pack, plan_packs, window_ratio
+from search_spaces.packs import CELL_ATTR, largest_pack, plan_packs
 from search_spaces.tied import cells
 from services import metrics as m
 from services.orchestration.packs import PackSearch, pack_size, plan
@@ -127,22 +126,3 @@ def test_the_pack_size_follows_the_search_the_spec_and_memory():
     assert pack_size(random, 1000, None)[0] == 8  # a cell's 8 random trials
     with pytest.raises(Exception, match="pack_size"):
         _spec(resources={"pack_size": 0})
-
-
-def test_past_tpes_random_start_a_pack_is_its_proposal_and_that_proposals_neighbours():
-    spec = _spec(searcher={"kind": "tpe", "num_trials": 48, "seed": 0, "max_concurrent": 2}, resources={"pack_size": 4})
-    packs = plan(spec, pack_size(spec, 1000, None)[0])
-    searcher = make_searcher(spec, packs)
-    rng = spec.space.lr_range("sgd")
-    ratio = window_ratio(rng.low, rng.high, 8)
-    for t in range(len(packs)):
-        members = searcher.suggest(f"t{t}")[m.PACK]
-        cs = sorted(c["lr_per_sample"] for c in members)
-        steps = [b / a for a, b in zip(cs, cs[1:])]
-        windowed = all(s == pytest.approx(ratio) for s in steps)
-        assert windowed == (t >= 6), (t, steps)  # the first round (24 = TPE's start) is random
-        result = {
-            str(j): {m.OBJECTIVE: abs(math.log(c["lr_per_sample"] / 0.01)), m.SAMPLES_SEEN: 1}
-            for j, c in enumerate(members)
-        }
-        searcher.on_trial_complete(f"t{t}", flatten_dict({m.MEMBERS: result}))

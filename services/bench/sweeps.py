@@ -386,7 +386,7 @@ def bench_limit(quick: bool, store: Path) -> list[Result]:
     from services.training.train import budget_of
 
     spec = load_spec(str(project_dir() / "sweeps" / "quickstart.yaml"))
-    # TPE packs only when asked for: its proposal and neighbours, half a cell's 8 trials per pack
+    # TPE packs only when asked for: 4 LRs proposed at once, half a cell's 8 trials per pack
     spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"pack_size": 8})})
     if quick:  # random: packs of a whole cell's 2 trials (TPE would take them one per round)
         spec = spec.model_copy(

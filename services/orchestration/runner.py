@@ -67,11 +67,7 @@ def make_searcher(spec: SweepSpec, packs: Optional[list] = None) -> OptunaSearch
     mode = "grid" if spec.searcher.kind == "grid" else "stratified" if spec.searcher.stratify else "free"
     space = tied_space(spec.space, seed, mode)
     if packs:
-        windows = None
-        if spec.searcher.kind == "tpe":  # past its random start, TPE proposes each pack's centre
-            per_cell = -(-spec.num_trials // spec.space.cells())
-            windows = (spec.space, per_cell, startup)
-        return PackSearch(space=space, metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler, packs=packs, windows=windows)
+        return PackSearch(space=space, metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler, packs=packs)
     return OptunaSearch(space=space, metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler)
 
 

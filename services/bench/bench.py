@@ -13,15 +13,10 @@ import time
 from pathlib import Path
 
 from services.bench.loops import bench_packs, bench_training_loop
+from services.bench.packs import bench_limit, bench_packed_grid
 from services.bench.report import Result, to_markdown
 from services.bench.store import bench_export
-from services.bench.sweeps import (
-    bench_limit,
-    bench_orchestration,
-    bench_packed_grid,
-    bench_search,
-    bench_tracking,
-)
+from services.bench.sweeps import bench_orchestration, bench_search, bench_tracking
 
 
 def run_bench(quick: bool, out: Path, command: str) -> list[Result]:

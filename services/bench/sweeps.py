@@ -1,5 +1,5 @@
 """Benches 2-4 and 6, on real Ray Tune and MLflow: orchestration overhead and peak memory,
-search efficiency, tracking overhead."""
+search efficiency, tracking overhead (bench 7, packs in sweeps: :mod:`services.bench.packs`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import resource
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -72,7 +72,7 @@ def _driver_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _timed_sweep(spec, store: Path, uri: str, track: bool) -> tuple[float, float, Any]:
+def timed_sweep(spec, store: Path, uri: str, track: bool) -> tuple[float, float, Any]:
     """(wall seconds, driver CPU seconds, outcome) of one sweep through samplewise."""
     from services.orchestration.runner import run_sweep
 
@@ -126,7 +126,7 @@ def bench_orchestration(quick: bool, store: Path) -> tuple[Result, Result, dict]
                     trial_s += pool.map(_bare_trial, [(spec, c) for c in configs])
                 walls["bare"].append(time.perf_counter() - start)
                 continue
-            wall, used, result = _timed_sweep(spec, store, uri, arm == "samplewise")
+            wall, used, result = timed_sweep(spec, store, uri, arm == "samplewise")
             walls[arm].append(wall)
             cpu[arm].append(used)
             if arm == "samplewise":
@@ -295,7 +295,7 @@ def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
     for rep in range(1 if quick else 3):
         order = (("samplewise", True), ("untracked", False))
         for arm, track in order[::-1] if rep % 2 else order:  # interleaved, and each goes first in turn
-            wall, used, outcome = _timed_sweep(spec, store, uri, track)
+            wall, used, outcome = timed_sweep(spec, store, uri, track)
             walls[arm].append(wall)
             cpu[arm].append(used)
             if track:
@@ -319,163 +319,4 @@ def bench_tracking(quick: bool, store: Path, long: dict) -> Result:
         "<= 3% (~10 s trials)",
         long["overhead"] <= 0.03 if not quick else None,
         {name: {k: round(v, 3) if isinstance(v, float) else v for k, v in arm.items()} for name, arm in shown.items()},
-    )
-
-
-# ---- 7. packs in sweeps: the physical limit, the quickstart, the SGD grid ----------------------
-
-
-def _sweep_groups(uri: str, spec, parent_run_id: str) -> tuple[list, dict[str, dict]]:
-    """A finished sweep's records, and per optimizer/reduction its verdict, exponent interval
-    and best validation loss."""
-    from services.results.analysis import loss_of, summarize
-    from services.results.records import find_parent_run, load_records
-    from services.tracking.store import client_for
-
-    client = client_for(uri)
-    records = load_records(client, find_parent_run(client, spec.name, parent_run_id))
-    groups = {}
-    for g in summarize(records, spec.space.lr_ranges()):
-        law = g.law
-        groups[f"{g.optimizer}/{g.reduction}"] = {
-            "verdict": g.verdict.split(":")[0],
-            "k": [round(law.k, 2), round(law.k_lo, 2), round(law.k_hi, 2)] if law else None,
-            "best_val_loss": round(loss_of(g.best), 4) if g.best else None,
-        }
-    return records, groups
-
-
-def _unpacked(spec):
-    return spec.model_copy(
-        update={
-            "name": spec.name + "_unpacked",
-            "resources": spec.resources.model_copy(update={"pack_size": 1}),
-        }
-    )
-
-
-def _side_by_side(spec, store: Path, db: str) -> tuple[float, list, dict, float, dict]:
-    """``spec`` as it is, then one configuration per trial, tracked in one store: (wall s,
-    records, groups) of the first, (wall s, groups) of the second (:func:`_sweep_groups`)."""
-    uri = f"sqlite:///{store / db}"
-    wall, _, outcome = _timed_sweep(spec, store, uri, track=True)
-    records, packed = _sweep_groups(uri, spec, outcome.parent_run_id)
-    alone_wall, _, alone_outcome = _timed_sweep(_unpacked(spec), store, uri, track=True)
-    _, alone = _sweep_groups(uri, _unpacked(spec), alone_outcome.parent_run_id)
-    return wall, records, packed, alone_wall, alone
-
-
-def _overlap(a: Optional[list], b: Optional[list]) -> bool:
-    return a is None or b is None or (a[1] <= b[2] and b[1] <= a[2])
-
-
-def bench_limit(quick: bool, store: Path) -> list[Result]:
-    """The quickstart sweep (in packs) against two references, side by side:
-
-    - the bare compute of its configurations: each cell's members trained as one pack
-      (:mod:`services.training.pack`), noise-scale measurement included, in one process on all
-      cores, without tracking or Ray. Goal: the sweep within 1.5x of it;
-    - the same sweep one configuration per trial (``resources.pack_size: 1``, what the
-      quickstart runs by default). Goal: the packed sweep in 15 s, with the same or a better
-      best validation loss in each group.
-    """
-    from services.paths import project_dir
-    from services.spec import load_spec
-    from services.training import workloads
-    from services.training.pack import SHARED, train_members
-    from services.training.train import budget_of
-
-    spec = load_spec(str(project_dir() / "sweeps" / "quickstart.yaml"))
-    # TPE packs only when asked for: 4 LRs proposed at once, half a cell's 8 trials per pack
-    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"pack_size": 8})})
-    if quick:  # random: packs of a whole cell's 2 trials (TPE would take them one per round)
-        spec = spec.model_copy(
-            update={
-                "searcher": spec.searcher.model_copy(update={"num_trials": 40, "kind": "random"}),
-                "budget": spec.budget.model_copy(update={"epochs": 1}),
-            }
-        )
-    wall, records, packed, alone_wall, alone = _side_by_side(spec, store, "limit.db")
-    groups: dict[tuple, list[TrialHParams]] = {}
-    for r in records:
-        groups.setdefault(tuple(getattr(r.hp, name) for name in SHARED), []).append(r.hp)
-    workload = workloads.load(spec.workload)
-    budget = budget_of(spec, workload.n_train)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    try:
-        start = time.perf_counter()
-        for members in groups.values():
-            train_members(workload, members, budget, lambda i, r: None)
-        bare = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
-    ratio = wall / bare
-    detail = {
-        "sweep_wall_s": round(wall, 1),
-        "packed_bare_compute_s": round(bare, 1),
-        "configurations": len(records),
-        "cells": len(groups),
-        "largest_cell": max(len(g) for g in groups.values()),
-    }
-    limit = Result(
-        "quickstart sweep vs its bare packed compute",
-        f"{ratio:.1f}x ({wall:.0f} s sweep / {bare:.1f} s packed, {len(records)} configurations)",
-        "<= 1.5x",
-        ratio <= 1.5,
-        detail,
-    )
-    better = all(
-        packed[g]["best_val_loss"] is not None and packed[g]["best_val_loss"] <= (alone[g]["best_val_loss"] or 0)
-        for g in packed
-    )
-    quickstart = Result(
-        "quickstart in packs vs one configuration per trial",
-        f"{wall:.0f} s packed, {alone_wall:.0f} s unpacked; best val loss "
-        + ", ".join(f"{g} {packed[g]['best_val_loss']} vs {alone[g]['best_val_loss']}" for g in packed),
-        "<= 15 s, best val loss per group the same or better",
-        wall <= 15 and better,
-        {"packed_wall_s": round(wall, 1), "unpacked_wall_s": round(alone_wall, 1), "packed": packed, "unpacked": alone},
-    )
-    return [limit, quickstart]
-
-
-def bench_packed_grid(quick: bool, store: Path) -> Result:
-    """sweeps/sgd_linear_scaling.yaml (224 grid configurations) in packs against one
-    configuration per trial, side by side. Goal: >= 5x faster, the same verdict per group."""
-    from services.paths import project_dir
-    from services.spec import load_spec
-
-    spec = load_spec(str(project_dir() / "sweeps" / "sgd_linear_scaling.yaml"))
-    if quick:
-        spec = spec.model_copy(
-            update={
-                "space": spec.space.model_copy(
-                    update={
-                        "batch_sizes": [64, 256],
-                        "reductions": ["mean"],
-                        "lr_per_sample": spec.space.lr_range("sgd").model_copy(update={"grid_points": 4}),
-                    }
-                ),
-                "budget": spec.budget.model_copy(update={"epochs": 1}),
-            }
-        )
-    wall, _, packed, alone_wall, alone = _side_by_side(spec, store, "grid.db")
-    ratio = alone_wall / wall
-    same = all(packed[g]["verdict"] == alone[g]["verdict"] for g in packed)
-    overlap = all(_overlap(packed[g]["k"], alone[g]["k"]) for g in packed)
-    figure = f"{ratio:.1f}x ({alone_wall:.0f} s -> {wall:.0f} s); verdicts " + ", ".join(
-        f"{g} {packed[g]['verdict']} (k {packed[g]['k']}) vs {alone[g]['verdict']} (k {alone[g]['k']})" for g in packed
-    )
-    detail = {
-        "packed_wall_s": round(wall, 1),
-        "unpacked_wall_s": round(alone_wall, 1),
-        "configurations": spec.num_trials,
-        "same_verdicts": same,
-        "k_intervals_overlap": overlap,
-        "packed": packed,
-        "unpacked": alone,
-    }
-    return Result(
-        "SGD grid in packs vs one configuration per trial", figure, ">= 5x, same verdicts", ratio >= 5 and same, detail
     )

@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -141,21 +141,25 @@ def _train(config: dict, spec) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     last_checkpoint = time.monotonic()
 
-    def report(metrics: dict, state: dict) -> None:
-        # a resumed or retried trial continues from its last checkpoint
+    def report(metrics: dict, state: Union[dict, Callable[[], dict]]) -> None:
+        """Report ``metrics`` to Tune, with a checkpoint of ``state`` when one is due: a resumed or
+        retried trial continues from its last checkpoint. ``state`` may be a function that builds
+        it (called only when a checkpoint is due; an empty state is not checkpointed)."""
         nonlocal last_checkpoint
         metrics = {**metrics, m.NODE_ID: node_id}
         reported.append(metrics)
-        if time.monotonic() - last_checkpoint < spec.failures.checkpoint_every_s:
+        due = time.monotonic() - last_checkpoint >= spec.failures.checkpoint_every_s
+        values = (state() if callable(state) else state) if due else None
+        if not values:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as path:
-            torch.save({**state, "reported": reported}, os.path.join(path, STATE_FILE))
+            torch.save({**values, "reported": reported}, os.path.join(path, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
         last_checkpoint = time.monotonic()
 
     if m.PACK in config:
-        _train_pack(config, spec, device, saved, reported, node_id)
+        _train_pack(config, spec, device, saved, report)
         return
     hp = TrialHParams.from_config(config)
     if spec.workload.train is not None:  # the user's own loop
@@ -172,36 +176,26 @@ def _train(config: dict, spec) -> None:
     train_workload(ctx, workload, budget)
 
 
-def _train_pack(config: dict, spec, device: str, saved: Optional[dict], reported: list[dict], node_id: str) -> None:
+def _train_pack(config: dict, spec, device: str, saved: Optional[dict], report) -> None:
     """A pack's trial: its members trained as one vectorized model
     (:func:`services.training.pack.train_members`); one Tune result per report point, holding
     what each member reported there, and a checkpoint of the whole pack."""
-    from ray import tune
-
     from services.training import workloads
     from services.training.pack import train_members
 
     members = [TrialHParams.from_config(c) for c in config[m.PACK]]
     workload = workloads.load(spec.workload, device)
-    budget = budget_of(spec, workload.n_train)
     pending: dict[str, dict] = {}
-    last_checkpoint = time.monotonic()
 
-    def report(member: int, metrics: dict) -> None:
+    def member_report(member: int, metrics: dict) -> None:
         pending[str(member)] = metrics
 
     def point(samples: int, state) -> None:
-        nonlocal last_checkpoint
-        result = {**pack_result(dict(pending)), m.NODE_ID: node_id}
+        result = pack_result(dict(pending))
         pending.clear()
-        reported.append(result)
-        if time.monotonic() - last_checkpoint < spec.failures.checkpoint_every_s or not (values := state()):
-            tune.report(result)
-            return
-        with tempfile.TemporaryDirectory() as path:
-            torch.save({"pack": values, "reported": reported}, os.path.join(path, STATE_FILE))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
-        last_checkpoint = time.monotonic()
+        report(result, lambda: {"pack": values} if (values := state()) else {})
 
     restored = (saved or {}).get("pack")
-    train_members(workload, members, budget, report, device, point=point, restored=restored)
+    train_members(
+        workload, members, budget_of(spec, workload.n_train), member_report, device, point=point, restored=restored
+    )

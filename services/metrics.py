@@ -63,6 +63,19 @@ def member_id(trial_id: str, member: int) -> str:
     return f"{trial_id}-m{member}"
 
 
+def tracked(trial_id: str, config: Mapping[str, Any]) -> list[tuple[str, dict]]:
+    """(tracked id, configuration) of what a Tune trial trains: its pack's members, or itself."""
+    if PACK not in config:
+        return [(trial_id, dict(config))]
+    return [(member_id(trial_id, j), dict(c)) for j, c in enumerate(config[PACK])]
+
+
+def ended(result: Mapping[str, Any], budget_samples: int) -> bool:
+    """Whether a pack member's result is its last: it diverged or spent its budget (it left
+    the pack, which goes on)."""
+    return bool(result.get(DIVERGED)) or result.get(SAMPLES_SEEN, 0) >= budget_samples
+
+
 NODE_ID = "node_id"
 """The Ray node a trial ran on (reported with each result; a tag in MLflow, not a metric)."""
 

@@ -27,12 +27,6 @@ class ProgressPrinter(tune.Callback):
     def __getstate__(self):  # Tune pickles its callbacks with the experiment; streams do not pickle
         return {**self.__dict__, "stream": None}
 
-    @staticmethod
-    def _members(trial) -> list[tuple[str, dict]]:
-        if m.PACK not in trial.config:
-            return [(trial.trial_id, trial.config)]
-        return [(m.member_id(trial.trial_id, j), c) for j, c in enumerate(trial.config[m.PACK])]
-
     def _line(self, trials, trial, member: str, config: dict, r: dict, outcome: str) -> None:
         if member in self._printed:
             return
@@ -41,7 +35,7 @@ class ProgressPrinter(tune.Callback):
         self.done = sum(
             len(ids) if t is not trial and t.status in ("TERMINATED", "ERROR") else len(self._printed.intersection(ids))
             for t in trials
-            for ids in [[i for i, _ in self._members(t)]]
+            for ids in [[i for i, _ in m.tracked(t.trial_id, t.config)]]
         )
         hp = TrialHParams.from_config(config)
         loss, acc = r.get(m.VAL_LOSS), r.get(m.VAL_ACCURACY)
@@ -62,20 +56,20 @@ class ProgressPrinter(tune.Callback):
         return f"done ({r.get(m.SAMPLES_SEEN, 0)} samples)"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        members = dict(self._members(trial))
+        members = dict(m.tracked(trial.trial_id, trial.config))
         for j, r in (result.get(m.MEMBERS) or {}).items():
             member = m.member_id(trial.trial_id, int(j))
             self._last[member] = r
-            if r.get(m.DIVERGED) or r.get(m.SAMPLES_SEEN, 0) >= self.budget_samples:  # it left the pack
+            if m.ended(r, self.budget_samples):  # it left the pack
                 self._line(trials, trial, member, members[member], r, self._outcome(r))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        for member, config in self._members(trial):
+        for member, config in m.tracked(trial.trial_id, trial.config):
             r = (trial.last_result or {}) if member == trial.trial_id else self._last.pop(member, {})
             self._line(trials, trial, member, config, r, self._outcome(r))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        for member, config in self._members(trial):
+        for member, config in m.tracked(trial.trial_id, trial.config):
             r = (trial.last_result or {}) if member == trial.trial_id else self._last.pop(member, {})
             self._line(trials, trial, member, config, r, f"FAILED: {tracking.error_summary(trial)}")
 

@@ -180,27 +180,21 @@ class MlflowTracker(tune.Callback):
             raise self.error
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        for member, config in self._members(trial):
+        for member, config in m.tracked(trial.trial_id, trial.config):
             self._submit(self.runs.start, member, config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if m.MEMBERS not in result:
             self._submit(self.runs.result, trial.trial_id, dict(trial.config), dict(result))
             return
-        members = dict(self._members(trial))
+        members = dict(m.tracked(trial.trial_id, trial.config))
         for j, metrics in result[m.MEMBERS].items():
             member = m.member_id(trial.trial_id, int(j))
             metrics = {**metrics, m.NODE_ID: result.get(m.NODE_ID)} if m.NODE_ID in result else dict(metrics)
             self._member_last[member] = metrics
             self._submit(self.runs.result, member, members[member], metrics)
-            if metrics.get(m.DIVERGED) or metrics.get(m.SAMPLES_SEEN, 0) >= self.budget_samples:
+            if m.ended(metrics, self.budget_samples):
                 self._end(member, members[member], "FINISHED", self._end_tags(metrics))  # the pack goes on
-
-    def _members(self, trial) -> list[tuple[str, dict]]:
-        """(trial id, configuration) of what ``trial`` trains: its pack's members, or itself."""
-        if m.PACK not in trial.config:
-            return [(trial.trial_id, dict(trial.config))]
-        return [(m.member_id(trial.trial_id, j), dict(c)) for j, c in enumerate(trial.config[m.PACK])]
 
     def _end_tags(self, last: Mapping) -> dict[str, str]:
         diverged, stopped = bool(last.get(m.DIVERGED)), m.stopped_early(last, self.budget_samples)
@@ -212,18 +206,18 @@ class MlflowTracker(tune.Callback):
             self._submit(self.runs.end, member, config, status, tags)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        for member, config in self._members(trial):
+        for member, config in m.tracked(trial.trial_id, trial.config):
             last = (trial.last_result or {}) if member == trial.trial_id else self._member_last.get(member, {})
             self._end(member, config, "FINISHED", self._end_tags(last))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         tags = {m.TAG_ERROR: error_summary(trial)}
-        for member, config in self._members(trial):
+        for member, config in m.tracked(trial.trial_id, trial.config):
             self._end(member, config, "FAILED", tags)
 
     def on_experiment_end(self, trials, **info):
         # trials Tune restored as already ended never start again: their runs are the sweep's
-        self._submit(self.runs.claim_trials, [member for t in trials for member, _ in self._members(t)])
+        self._submit(self.runs.claim_trials, [member for t in trials for member, _ in m.tracked(t.trial_id, t.config)])
         self.close("KILLED")
 
     def close(self, status: str = "KILLED") -> None:

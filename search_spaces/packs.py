@@ -9,6 +9,10 @@ picks for a single trial.
 
 - ``grid``: each cell's grid LRs, cut into ``ceil(points / K)`` packs (a pack takes every
   ``ceil(points / K)``-th LR, so each one spans the whole range); every grid point exactly once.
+  A pack's members come in a seeded random order of their LRs, as a grid's trials do (Optuna's
+  GridSampler shuffles its points): ASHA hears a pack's members in member order, and in LR
+  order it would see each cell's curve from one end, letting nearly every member pass a rung
+  (on the SGD grid with ASHA: 51 of 224 configurations stopped in LR order, 140 one per trial).
 - ``stratified`` (tpe, random): a cell's trials, as many as trial ``t -> cell t mod n`` gives it
   unpacked, cut into packs taken in rounds over the cells, as the unpacked sweep takes its
   trials: every cell's first round is sampled before any cell's second, so TPE learns from
@@ -18,6 +22,7 @@ picks for a single trial.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +46,13 @@ def _split(count: int, size: int) -> list[int]:
     return [count // packs + (1 if i < count % packs else 0) for i in range(packs)]
 
 
-def plan_packs(space: SpaceSpec, mode: str, num_trials: int, size: int, grid_steps: int = 0) -> list[list[Member]]:
+def plan_packs(
+    space: SpaceSpec, mode: str, num_trials: int, size: int, grid_steps: int = 0, seed: int = 0
+) -> list[list[Member]]:
     """The packs of a sweep of ``num_trials`` configurations, at most ``size`` members each, in
     the order the searcher hands them out (see the module docstring). ``grid_steps``: the
-    number of grid LRs per cell (``mode == "grid"``, every grid point a member)."""
+    number of grid LRs per cell (``mode == "grid"``, every grid point a member); ``seed``: the
+    order of a grid pack's members."""
     if size < 1:
         raise ValueError(f"size: a pack holds at least one member, got {size}")
     n = space.cells()
@@ -52,7 +60,11 @@ def plan_packs(space: SpaceSpec, mode: str, num_trials: int, size: int, grid_ste
     for cell in range(n):
         if mode == "grid":
             windows = math.ceil(grid_steps / size)
-            per_cell = [[Member(cell, {"lr_step": s}) for s in range(w, grid_steps, windows)] for w in range(windows)]
+            per_cell = []
+            for w in range(windows):
+                steps = list(range(w, grid_steps, windows))
+                random.Random(seed * 1_000_003 + cell * 1_009 + w).shuffle(steps)
+                per_cell.append([Member(cell, {"lr_step": s}) for s in steps])
         elif mode == "stratified":
             count = len(range(cell, num_trials, n))
             per_cell = [[Member(cell)] * k for k in _split(count, size)] if count else []

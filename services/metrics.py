@@ -70,10 +70,15 @@ def tracked(trial_id: str, config: Mapping[str, Any]) -> list[tuple[str, dict]]:
     return [(member_id(trial_id, j), dict(c)) for j, c in enumerate(config[PACK])]
 
 
+STOPPED = "stopped"
+"""1.0 on the last result of a pack member that ASHA stopped (it left its pack, which goes on;
+a single trial is stopped by Tune instead). A flag of the result, not a logged metric."""
+
+
 def ended(result: Mapping[str, Any], budget_samples: int) -> bool:
-    """Whether a pack member's result is its last: it diverged or spent its budget (it left
-    the pack, which goes on)."""
-    return bool(result.get(DIVERGED)) or result.get(SAMPLES_SEEN, 0) >= budget_samples
+    """Whether a pack member's result is its last: it diverged, spent its budget or was stopped
+    by ASHA (it left the pack, which goes on)."""
+    return bool(result.get(DIVERGED)) or bool(result.get(STOPPED)) or result.get(SAMPLES_SEEN, 0) >= budget_samples
 
 
 NODE_ID = "node_id"

@@ -163,7 +163,8 @@ class ResourcesSpec(_Frozen):
     the searcher hands out without changing what it samples (a grid cell's LRs, a cell's
     random trials) and memory holds; for TPE none. 1: one configuration per trial. With TPE,
     K > 1 has TPE propose K LRs at once (half a cell's trials at most, so it learns between
-    rounds). Packs need ASHA off and the built-in training loop."""
+    rounds). Packs need the built-in training loop; with ASHA on, ASHA stops each member on
+    its own (a stopped member leaves its pack)."""
     max_micro_batch: Optional[int] = Field(default=None, ge=1, le=MAX_BATCH)
     """Most samples one forward/backward pass holds: a larger batch size runs as several
     micro-batches whose gradients accumulate into one update, the reduction taken over the whole

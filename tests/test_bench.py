@@ -24,6 +24,7 @@ def test_bench_quick_runs_every_measurement(tmp_path, capsys):
         "quickstart sweep vs its bare packed compute",
         "quickstart in packs vs one configuration per trial",
         "SGD grid in packs vs one configuration per trial",
+        "SGD grid with ASHA in packs vs one configuration per trial",
     ):
         assert name in text, name
     assert "ms of driver CPU per trial run" in text  # tracking at both trial lengths

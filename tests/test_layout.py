@@ -27,6 +27,7 @@ RAY_MODULES = {
     "services.orchestration.schedulers",
     "services.orchestration.packs",
     "services.orchestration.progress",
+    "services.orchestration.rungs",
     "services.tracking.callback",
 }
 """The modules that import Ray at import time: the Tune side of samplewise."""

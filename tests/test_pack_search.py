@@ -43,6 +43,13 @@ def test_a_grid_plan_covers_every_grid_point_once_each_pack_one_cell_spanning_th
     assert [len(p) for p in packs[:6]] == [4] * 6 and len(packs) == 6 * 3  # 10 points: packs of 4, 3, 3
     first = sorted(member.params["lr_step"] for member in packs[0])
     assert first[0] == 0 and first[-1] >= 9 - 2  # each pack spans the range, not one end of it
+    # members come in a seeded random order of their LRs (ASHA hears them in member order)
+    orders = [[member.params["lr_step"] for member in pack] for pack in packs]
+    assert sum(order != sorted(order) for order in orders) >= len(orders) // 2
+    again = plan_packs(spec.space, "grid", spec.num_trials, 4, grid_steps=10)
+    assert [[member.params["lr_step"] for member in pack] for pack in again] == orders
+    other = plan_packs(spec.space, "grid", spec.num_trials, 4, grid_steps=10, seed=1)
+    assert [[member.params["lr_step"] for member in pack] for pack in other] != orders
 
 
 def test_a_stratified_plan_gives_each_cell_its_unpacked_share_in_rounds():
@@ -106,8 +113,7 @@ def test_the_pack_size_follows_the_search_the_spec_and_memory():
     assert pack_size(grid, 1000, None)[0] == 10  # a grid cell's points
     assert pack_size(_spec(resources={"pack_size": 3}), 1000, None)[0] == 3
     assert pack_size(grid, 10**8, None)[0] == 1  # a model whose pack would not fit
-    size, why = pack_size(_spec(asha={"enabled": True}), 1000, None)
-    assert size == 1 and "ASHA" in why
+    assert pack_size(_spec(asha={"enabled": True}), 1000, None)[0] == 10  # ASHA stops members one by one
     size, why = pack_size(grid, 1000, "the model does not run under torch.func.vmap (x)")
     assert size == 1 and "vmap" in why
     partial = _spec(searcher={"kind": "grid", "num_trials": 7, "seed": 0})

@@ -37,7 +37,7 @@ def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
                 orchestration.detail["untimed_ray_start_s"] = round(ray_start_s, 1)
             results += [orchestration, bench_search(quick, store), bench_tracking(quick, store, long_tracking)]
             results += bench_limit(quick, store)
-            results.append(bench_packed_grid(quick, store))
+            results += [bench_packed_grid(quick, store), bench_packed_grid(quick, store, asha=True)]
         finally:
             if started_ray:
                 ray.shutdown()

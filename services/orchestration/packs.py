@@ -43,8 +43,6 @@ def pack_size(spec: SweepSpec, n_params: Optional[int], refusal: Optional[str]) 
         return 1, "packs off: a workload.train loop trains one configuration at a time"
     if refusal:
         return 1, f"packs off: {refusal}"
-    if spec.asha.enabled:
-        return 1, "packs off: ASHA decides per trial"
     mode = _mode(spec)
     if mode == "free":
         return 1, "packs off: the sampler picks the cell (searcher.stratify: false)"
@@ -78,7 +76,7 @@ def _grid_steps(spec: SweepSpec) -> int:
 
 def plan(spec: SweepSpec, size: int) -> list[list[Member]]:
     """The sweep's packs of at most ``size`` members, in the order they are handed out."""
-    return plan_packs(spec.space, _mode(spec), spec.num_trials, size, _grid_steps(spec))
+    return plan_packs(spec.space, _mode(spec), spec.num_trials, size, _grid_steps(spec), spec.searcher.seed)
 
 
 def member_results(result: dict) -> dict[int, dict]:

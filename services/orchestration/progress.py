@@ -49,11 +49,12 @@ class ProgressPrinter(tune.Callback):
         stream.flush()
 
     def _outcome(self, r: dict) -> str:
+        samples = int(r.get(m.SAMPLES_SEEN, 0))  # a float when replayed from MLflow
         if r.get(m.DIVERGED):
             return "diverged"
         if m.stopped_early(r, self.budget_samples):
-            return f"stopped by ASHA at {r.get(m.SAMPLES_SEEN, 0)} samples"
-        return f"done ({r.get(m.SAMPLES_SEEN, 0)} samples)"
+            return f"stopped by ASHA at {samples} samples"
+        return f"done ({samples} samples)"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         members = dict(m.tracked(trial.trial_id, trial.config))

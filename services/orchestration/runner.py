@@ -20,6 +20,7 @@ from search_spaces.tied import grid_points, tied_space
 from services import metrics as m
 from services import paths
 from services.errors import ResumeError, SweepInterrupted
+from services.orchestration import rungs
 from services.orchestration.packs import PackSearch, sweep_packs
 from services.orchestration.progress import INTERRUPTED, InterruptWatch, ProgressPrinter
 from services.orchestration.schedulers import GroupedASHA
@@ -71,19 +72,32 @@ def make_searcher(spec: SweepSpec, packs: Optional[list] = None) -> OptunaSearch
     return OptunaSearch(space=space, metric=m.OBJECTIVE, mode=m.MODE, sampler=sampler)
 
 
-def make_scheduler(spec: SweepSpec, budget_samples: int, interval_samples: int):
+def asha_settings(spec: SweepSpec, budget_samples: int, interval_samples: int) -> dict:
     """ASHA on samples seen, so batch sizes are compared after equal numbers of samples,
-    within each optimizer x reduction (see :mod:`services.orchestration.schedulers`)."""
-    if not spec.asha.enabled:
-        return FIFOScheduler()
-    max_t = budget_samples
+    within each cell (see :mod:`services.orchestration.schedulers`)."""
     grace = spec.asha.grace_period_samples or interval_samples
-    return GroupedASHA(
-        time_attr=m.SAMPLES_SEEN,
-        max_t=max_t,
-        grace_period=min(grace, max_t),
-        reduction_factor=spec.asha.reduction_factor,
-    )
+    return {
+        "time_attr": m.SAMPLES_SEEN,
+        "max_t": budget_samples,
+        "grace_period": min(grace, budget_samples),
+        "reduction_factor": spec.asha.reduction_factor,
+    }
+
+
+def make_scheduler(spec: SweepSpec, budget_samples: int, interval_samples: int, packed: bool = False):
+    """Tune's scheduler: :class:`GroupedASHA` when ASHA is on, FIFO otherwise, and FIFO for a
+    sweep of packs, whose ASHA decides per member (:mod:`services.orchestration.rungs`)."""
+    if not spec.asha.enabled or packed:
+        return FIFOScheduler()
+    return GroupedASHA(**asha_settings(spec, budget_samples, interval_samples))
+
+
+def member_rungs(spec: SweepSpec, packs: Optional[list], budget_samples: int, interval_samples: int):
+    """(name, handle) of the per-member ASHA actor a sweep of packs with ASHA on asks, else
+    (None, None). The driver holds the handle until the sweep ends."""
+    if not (packs and spec.asha.enabled):
+        return None, None
+    return rungs.start(asha_settings(spec, budget_samples, interval_samples))
 
 
 def trial_resources(spec: SweepSpec) -> dict[str, float]:
@@ -165,10 +179,12 @@ def _snapshot_period(spec: SweepSpec) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", f"{spec.failures.snapshot_every_s:g}")
 
 
-def make_trainable(spec: SweepSpec, replay: dict | None = None):
+def make_trainable(spec: SweepSpec, replay: dict | None = None, rungs: str | None = None):
     """The Tune trainable of ``spec``: the same for a new sweep and a resumed one (which also
-    passes what the dead driver's finished trials reported, see :func:`tune_trainable`)."""
-    return tune.with_resources(tune.with_parameters(tune_trainable, spec=spec, replay=replay), trial_resources(spec))
+    passes what the dead driver's finished trials reported, see :func:`tune_trainable`), with
+    the name of the per-member ASHA actor when the sweep has one (:func:`member_rungs`)."""
+    trainable = tune.with_parameters(tune_trainable, spec=spec, replay=replay, rungs=rungs)
+    return tune.with_resources(trainable, trial_resources(spec))
 
 
 def check_complete(results, spec: SweepSpec, spec_path: str, trials: Optional[int] = None) -> None:
@@ -251,13 +267,15 @@ def run_sweep(
             stream.flush()
             _snapshot_period(spec)
             INTERRUPTED.clear()
+            interval = spec.budget.interval_samples(n_train)
+            rungs_name, _rungs_actor = member_rungs(spec, packs, budget_samples, interval)
             tuner = tune.Tuner(
-                make_trainable(spec),
+                make_trainable(spec, rungs=rungs_name),
                 tune_config=tune.TuneConfig(
                     metric=m.OBJECTIVE,
                     mode=m.MODE,
                     search_alg=make_searcher(spec, packs),
-                    scheduler=make_scheduler(spec, budget_samples, spec.budget.interval_samples(n_train)),
+                    scheduler=make_scheduler(spec, budget_samples, interval, packed=bool(packs)),
                     num_samples=tune_trials,
                     max_concurrent_trials=spec.searcher.max_concurrent,
                     reuse_actors=True,
@@ -333,11 +351,15 @@ def resume_sweep(
         _snapshot_period(spec)
         INTERRUPTED.clear()
         with _submission(lambda status: client.set_terminated(parent.info.run_id, status=status)):
+            facts = workloads.survey(spec.workload)
+            packs, _ = sweep_packs(spec, facts)
+            budget_samples = spec.budget.total_samples(facts.n_train or 0)
+            interval = spec.budget.interval_samples(facts.n_train)
+            rungs_name, _rungs_actor = member_rungs(spec, packs, budget_samples, interval)
             tuner = tune.Tuner.restore(
-                path, trainable=make_trainable(spec, replay), resume_unfinished=True, resume_errored=True
+                path, trainable=make_trainable(spec, replay, rungs_name), resume_unfinished=True, resume_errored=True
             )
             results = tuner.fit()
-            packs, _ = sweep_packs(spec, workloads.survey(spec.workload))
             check_complete(results, spec, spec_path, len(packs) if packs else None)
         return SweepOutcome(parent.info.run_id, parent.info.experiment_id, uri, path, results.num_errors)
     finally:

@@ -72,7 +72,7 @@ def _time_limit(timeout_s: Optional[float], trial_dir: str):
         done.set()
 
 
-def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
+def tune_trainable(config: dict, spec, replay: Optional[dict] = None, rungs: Optional[str] = None) -> None:
     """The Ray Tune function trainable: one trial of ``spec`` with hyperparameters ``config``.
 
     ``replay`` (a resumed sweep) maps configurations that a dead driver already trained to the
@@ -80,17 +80,36 @@ def tune_trainable(config: dict, spec, replay: Optional[dict] = None) -> None:
     scheduler, instead of training. A trial continued from a checkpoint first reports again
     what it reported before the checkpoint, so the tracker can write whatever the dead driver
     had not (it skips what MLflow already holds).
+
+    ``rungs`` names the sweep's per-member ASHA actor (:mod:`services.orchestration.rungs`)
+    when the trial is a pack and ASHA is on; it hears what a replayed pack reported, too.
     """
     from ray import tune
 
     recorded = _recorded(config, replay or {})
     if recorded:
+        if rungs and m.PACK in config:
+            _member_rungs(config, spec, rungs, None).replay(recorded)
         for result in recorded:
             tune.report(result)
         return
     timeout_s = spec.failures.trial_timeout_s
     with _time_limit(timeout_s, tune.get_context().get_trial_dir()):
-        _train(config, spec)
+        _train(config, spec, rungs)
+
+
+def _member_rungs(config: dict, spec, name: str, n_train: Optional[int]):
+    """The pack's view of the sweep's per-member ASHA (:class:`services.training.rungs.MemberRungs`)."""
+    from ray import tune
+
+    from services.training.rungs import MemberRungs
+
+    ids, configs = zip(*m.tracked(tune.get_context().get_trial_id(), config))
+    if n_train is None and spec.budget.samples is None:
+        from services.training import workloads
+
+        n_train = workloads.survey(spec.workload).n_train
+    return MemberRungs.connect(name, ids, configs, budget_of(spec, n_train).total_samples)
 
 
 def _recorded(config: dict, replay: dict) -> Optional[list[dict]]:
@@ -120,7 +139,7 @@ def pack_result(members: dict[str, dict]) -> dict:
     }
 
 
-def _train(config: dict, spec) -> None:
+def _train(config: dict, spec, rungs: Optional[str] = None) -> None:
     import ray
     from ray import tune
 
@@ -159,7 +178,7 @@ def _train(config: dict, spec) -> None:
         last_checkpoint = time.monotonic()
 
     if m.PACK in config:
-        _train_pack(config, spec, device, saved, report)
+        _train_pack(config, spec, device, saved, report, rungs, reported)
         return
     hp = TrialHParams.from_config(config)
     if spec.workload.train is not None:  # the user's own loop
@@ -176,19 +195,27 @@ def _train(config: dict, spec) -> None:
     train_workload(ctx, workload, budget)
 
 
-def _train_pack(config: dict, spec, device: str, saved: Optional[dict], report) -> None:
+def _train_pack(
+    config: dict, spec, device: str, saved: Optional[dict], report, rungs: Optional[str], reported: list[dict]
+) -> None:
     """A pack's trial: its members trained as one vectorized model
     (:func:`services.training.pack.train_members`); one Tune result per report point, holding
-    what each member reported there, and a checkpoint of the whole pack."""
+    what each member reported there, and a checkpoint of the whole pack. With ``rungs``, ASHA
+    decides per member: a member it stops leaves the pack (its last result says so)."""
     from services.training import workloads
     from services.training.pack import train_members
 
     members = [TrialHParams.from_config(c) for c in config[m.PACK]]
     workload = workloads.load(spec.workload, device)
+    asha = _member_rungs(config, spec, rungs, workload.n_train) if rungs else None
+    if asha is not None:
+        asha.replay(reported)  # what the pack reported before its checkpoint
     pending: dict[str, dict] = {}
 
-    def member_report(member: int, metrics: dict) -> None:
-        pending[str(member)] = metrics
+    def member_report(member: int, metrics: dict) -> bool:
+        stop = asha is not None and asha.stops(member, metrics)
+        pending[str(member)] = {**metrics, m.STOPPED: 1.0} if stop else metrics
+        return stop
 
     def point(samples: int, state) -> None:
         result = pack_result(dict(pending))

@@ -115,6 +115,35 @@ def test_a_model_vmap_cannot_run_trains_its_members_one_after_another(workload, 
     assert [r[m.VAL_LOSS] for r in got[0]] == [r[m.VAL_LOSS] for r in _alone(branching, members[0], budget)]
 
 
+@pytest.mark.parametrize("kill_at", [1, 2, 5])  # within the first member, at its last report, within the last
+def test_members_trained_one_after_another_continue_from_a_points_state(workload, kill_at):
+    branching = Workload(**{**workload.__dict__, "model_fn": BranchingNet})
+    members = _members(optimizer="momentum")[:3]
+    budget = Budget(total_samples=2 * workload.n_train, interval_samples=workload.n_train)
+    whole: dict[int, list[dict]] = {i: [] for i in range(3)}
+    train_members(branching, members, budget, lambda i, r: whole[i].append(r))
+    assert [len(r) for r in whole.values()] == [2, 2, 2]
+
+    states: list[dict] = []
+
+    def point(samples, state):
+        states.append(copy.deepcopy(state()))
+        if len(states) == kill_at:
+            raise KeyboardInterrupt  # the worker dies after this point
+
+    first: dict[int, list[dict]] = {i: [] for i in range(3)}
+    with pytest.raises(KeyboardInterrupt):
+        train_members(branching, members, budget, lambda i, r: first[i].append(r), point=point)
+    assert states[-1], "a point of members trained one after another has state to continue from"
+    rest: dict[int, list[dict]] = {i: [] for i in range(3)}
+    last = train_members(branching, members, budget, lambda i, r: rest[i].append(r), restored=states[-1])
+    for i in range(3):
+        got = first[i] + rest[i]
+        assert [r[m.SAMPLES_SEEN] for r in got] == [r[m.SAMPLES_SEEN] for r in whole[i]], i
+        assert [r[m.VAL_LOSS] for r in got] == pytest.approx([r[m.VAL_LOSS] for r in whole[i]], rel=1e-6), i
+        assert last[i][m.VAL_LOSS] == pytest.approx(whole[i][-1][m.VAL_LOSS], rel=1e-6)
+
+
 def test_members_that_differ_in_more_than_the_lr_and_seed_are_not_a_pack(workload):
     members = _members(optimizer="sgd")
     members[2] = derive(batch_size=64, reduction="mean", optimizer="sgd", lr_per_sample=1e-3)

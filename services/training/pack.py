@@ -96,19 +96,34 @@ def train_members(
     if reason is None:
         return train_pack(workload, members, budget, report, device, point=point, restored=restored)
     log.warning("training %d members one after another: %s", len(members), reason)
+    return _one_after_another(workload, members, budget, report, device, point, (restored or {}).get(SEQUENTIAL))
+
+
+SEQUENTIAL = "one_after_another"
+"""Key of the state of members trained one after another: ``{"last": the last metrics of the
+members done, "current": the checkpoint of the member training (None: the next starts)}``."""
+
+
+def _one_after_another(workload, members, budget, report, device, point, restored: Optional[dict]) -> list[dict]:
+    """The members trained one at a time by the built-in loop; at each point the state to
+    continue from is the members done and the training member's own checkpoint."""
     from services.training.train import context_for, train_workload
 
-    last = []
-    for i, hp in enumerate(members):
+    last: list[dict] = list(restored["last"]) if restored else []
+    current = restored["current"] if restored else None
+    for i in range(len(last), len(members)):
         relay = _relay(report, i)
 
         def member_report(metrics: dict, state: Any, relay=relay) -> Optional[bool]:
             stop = relay(metrics, state)
-            if point is not None:  # no pack state: after a crash, such a pack trains from its start
-                point(metrics[m.SAMPLES_SEEN], dict)
+            if point is not None:
+                ended = stop is True or metrics.get(m.DIVERGED) or metrics[m.SAMPLES_SEEN] >= budget.total_samples
+                done = {"last": last + [metrics], "current": None} if ended else {"last": list(last), "current": state}
+                point(metrics[m.SAMPLES_SEEN], lambda: {SEQUENTIAL: done})
             return stop
 
-        ctx = context_for(hp, budget, member_report, workload.n_train, None, device)
+        ctx = context_for(members[i], budget, member_report, workload.n_train, current, device)
+        current = None
         last.append(train_workload(ctx, workload, budget))
     return last
 

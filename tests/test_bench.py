@@ -21,6 +21,7 @@ def test_bench_quick_runs_every_measurement(tmp_path, capsys):
         "analysis and export over 50 trial runs",
         "peak memory per trial worker",
         "packed members vs one trial's loop",
+        "torch.compile of the packed step",
         "quickstart sweep vs its bare packed compute",
         "quickstart in packs vs one configuration per trial",
         "SGD grid in packs vs one configuration per trial",

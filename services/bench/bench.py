@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.bench.loops import bench_packs, bench_training_loop
+from services.bench.loops import bench_compile, bench_packs, bench_training_loop
 from services.bench.packs import bench_limit, bench_packed_grid
 from services.bench.report import Result, to_markdown
 from services.bench.store import bench_export
@@ -25,7 +25,7 @@ def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="samplewise-bench-") as tmp:
         store = Path(tmp)
-        results = [bench_training_loop(quick), bench_packs(quick)]
+        results = [bench_training_loop(quick), bench_packs(quick), bench_compile(quick)]
         started_ray = not ray.is_initialized()  # the test session may have one running already
         start = time.perf_counter()
         if started_ray:

@@ -142,3 +142,77 @@ def bench_packs(quick: bool) -> Result:
     at16 = rows["K=16"]["vs_single"]
     figure = ", ".join(f"{k}: {v['vs_single']}x" for k, v in rows.items() if k.startswith("K="))
     return Result("packed members vs one trial's loop", figure, ">= 4x at K=16", at16 >= 4, rows)
+
+
+def _pack_steps(step, params: dict, optimizer, x, y, k: int, b: int, steps: int) -> float:
+    """Seconds for ``steps`` packed SGD steps of ``step`` (the members' summed losses)."""
+    g = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (k, b), generator=g)
+        optimizer.zero_grad(set_to_none=True)
+        step(params, x[idx], y[idx]).sum().backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def bench_compile(quick: bool) -> Result:
+    """``torch.compile`` of the packed step against the eager one (the batched-matmul MLP path of
+    :mod:`services.training.stacked`), compile time counted: the MNIST-1D MLP (40-100-100-10)
+    at K=16, B=8, the SGD grid's smallest batch, where a step is shortest and compiling has
+    the most to win. Goal: it pays within one such trial (10 epochs of 4,000 samples at B=8:
+    5,000 steps); samplewise packs train eager because it does not."""
+    import os
+    import tempfile
+
+    from torch import nn
+
+    from services.training.stacked import mlp_forward, mlp_layers, stacked_losses
+
+    torch.set_num_threads(1)
+    k, b, steps, trial_steps = 16, 8, (100 if quick else 2_000), 5_000
+    model = nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
+    layers = mlp_layers(model)
+    assert layers is not None
+    params = {n: nn.Parameter(p.detach().expand(k, *p.shape).clone()) for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(list(params.values()), lr=1e-3)
+    x, y = torch.randn(4_000, 40, generator=torch.Generator().manual_seed(0)), torch.arange(4_000) % 10
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+
+    def step(p, xb, yb):
+        return stacked_losses(loss_fn, mlp_forward(layers, p, xb), yb)
+
+    _pack_steps(step, params, optimizer, x, y, k, b, 20)  # first-call costs, untimed
+    eager = statistics.median(_pack_steps(step, params, optimizer, x, y, k, b, steps) for _ in range(3)) / steps
+    with tempfile.TemporaryDirectory(prefix="samplewise-inductor-") as cache:
+        saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # a cold compile, as a fresh trial worker's
+        try:
+            torch._dynamo.reset()
+            compiled = torch.compile(step, dynamic=False)
+            compile_s = _pack_steps(compiled, params, optimizer, x, y, k, b, 1)
+            _pack_steps(compiled, params, optimizer, x, y, k, b, 20)  # as the eager step had
+            fast = statistics.median(_pack_steps(compiled, params, optimizer, x, y, k, b, steps) for _ in range(3))
+        finally:
+            torch._dynamo.reset()
+            if saved is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+    fast /= steps
+    saved_per_step = eager - fast
+    pays_after = compile_s / saved_per_step if saved_per_step > 0 else float("inf")
+    detail = {
+        "eager_ms_per_step": round(eager * 1e3, 3),
+        "compiled_ms_per_step": round(fast * 1e3, 3),
+        "cold_compile_s": round(compile_s, 1),
+        "pays_after_steps": round(pays_after) if pays_after != float("inf") else None,
+        "trial_steps": trial_steps,
+    }
+    figure = (
+        f"{fast * 1e3:.2f} vs {eager * 1e3:.2f} ms per step; {compile_s:.0f} s to compile, "
+        + (f"pays after {pays_after:,.0f} steps" if pays_after != float("inf") else "never pays")
+        + f" (a B=8 trial takes {trial_steps:,})"
+    )
+    pays = pays_after <= trial_steps
+    return Result("torch.compile of the packed step", figure, "pays within one trial", pays, detail)

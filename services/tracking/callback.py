@@ -9,12 +9,14 @@ themselves (:class:`services.tracking.runs.SweepRuns`) run in order on a backgro
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
 from typing import TYPE_CHECKING, Mapping
 
 from ray import tune
+from ray.air.constants import EXPR_RESULT_FILE
 
 from services import metrics as m
 from services.errors import TrackingError
@@ -65,6 +67,18 @@ def error_summary(trial) -> str:
     return (lines[-1] if lines else "trial failed")[:500]
 
 
+def tune_results(trial) -> list[dict]:
+    """Every result Tune recorded for ``trial``: its ``result.json`` (one JSON object a line)
+    in the run's storage, local or remote; [] when there is none."""
+    try:
+        storage = trial.storage
+        with storage.storage_filesystem.open_input_stream(f"{storage.trial_fs_path}/{EXPR_RESULT_FILE}") as f:
+            text = f.read().decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 class MlflowTracker(tune.Callback):
     """Writes every trial of one sweep to MLflow as a child run of the submission's parent run.
 
@@ -107,6 +121,7 @@ class MlflowTracker(tune.Callback):
         self.error: TrackingError | None = None
         self._member_last: dict[str, dict] = {}  # a pack member's id -> its last result
         self._ended: set[str] = set()  # runs whose end is queued
+        self._started: set[str] = set()  # Tune trials started in this submission
         self.runs = SweepRuns(self.tracking_uri, self.spec, self._parent_tags.get(m.TAG_RAY_RUN, ""))
         self.runs.experiment_id, self.runs.parent_run_id = experiment_id, parent_run_id
         self._writer = Writer(self.runs.write_staged, self.LINGER_S, f"MLflow {self.tracking_uri}")
@@ -180,6 +195,7 @@ class MlflowTracker(tune.Callback):
             raise self.error
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._started.add(trial.trial_id)
         for member, config in m.tracked(trial.trial_id, trial.config):
             self._submit(self.runs.start, member, config)
 
@@ -216,9 +232,27 @@ class MlflowTracker(tune.Callback):
             self._end(member, config, "FAILED", tags)
 
     def on_experiment_end(self, trials, **info):
-        # trials Tune restored as already ended never start again: their runs are the sweep's
+        # trials Tune restored as already ended never start again: their runs are the sweep's,
+        # and what a driver killed in its last writes had not logged is in Tune's record
+        for trial in trials:
+            if trial.status == "TERMINATED" and trial.trial_id not in self._started:
+                self._recover(trial)
         self._submit(self.runs.claim_trials, [member for t in trials for member, _ in m.tracked(t.trial_id, t.config)])
         self.close("KILLED")
+
+    def _recover(self, trial) -> None:
+        """Finish the runs of a trial Tune restored as ended that a dead driver left RUNNING,
+        from the trial's ``result.json`` (Tune's record of every result it got)."""
+        history: dict[str, list[dict]] = {}
+        for result in tune_results(trial):
+            if m.MEMBERS in result:
+                for j, metrics in result[m.MEMBERS].items():
+                    history.setdefault(m.member_id(trial.trial_id, int(j)), []).append(dict(metrics))
+            else:
+                history.setdefault(trial.trial_id, []).append(result)
+        for member, config in m.tracked(trial.trial_id, trial.config):
+            if history.get(member):
+                self._submit(self.runs.recover, member, config, history[member], self._end_tags(history[member][-1]))
 
     def close(self, status: str = "KILLED") -> None:
         """Write everything queued, then mark every trial run still open with ``status``."""

@@ -223,6 +223,17 @@ class SweepRuns:
             self.client.set_terminated(run_id, status=status)
             self._open.discard(run_id)
 
+    def recover(self, trial_id: str, config: dict, results: list[dict], tags: dict[str, str]) -> None:
+        """A trial that ended under a dead driver whose run it left RUNNING (killed in its last
+        writes): log what the run lacks of ``results`` (what Tune recorded) and finish it."""
+        self._load_existing()
+        run_id = self._runs.get(trial_id)
+        if run_id is None or self._previous.get(run_id) != "RUNNING" or run_id not in self._open:
+            return
+        for result in results:
+            self.result(trial_id, config, result)
+        self.end(trial_id, config, "FINISHED", tags)
+
     def close(self, status: str) -> None:
         """Write what is staged and end every run still open with ``status``."""
         self.write_staged()

@@ -166,8 +166,8 @@ def bench_compile(quick: bool) -> Result:
     """``torch.compile`` of the packed step against the eager one (the batched-matmul MLP path of
     :mod:`services.training.stacked`), compile time counted: the MNIST-1D MLP (40-100-100-10)
     at K=16, B=8, the SGD grid's smallest batch, where a step is shortest and compiling has
-    the most to win. Goal: it pays within one such trial (10 epochs of 4,000 samples at B=8:
-    5,000 steps); samplewise packs train eager because it does not."""
+    the most to win. Goal: it pays within one such trial (10 epochs of 3,200 samples at B=8:
+    4,000 steps); samplewise packs train eager because it does not."""
     import os
     import tempfile
 
@@ -176,7 +176,7 @@ def bench_compile(quick: bool) -> Result:
     from services.training.stacked import mlp_forward, mlp_layers, stacked_losses
 
     torch.set_num_threads(1)
-    k, b, steps, trial_steps = 16, 8, (100 if quick else 2_000), 5_000
+    k, b, steps, trial_steps = 16, 8, (100 if quick else 2_000), 4_000
     model = nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
     layers = mlp_layers(model)
     assert layers is not None

@@ -96,7 +96,8 @@ def test_members_are_stopped_where_ray_asha_stops_the_same_results_as_trials(see
     assert asked < 0.7 * len(order)  # results below every open rung need no round trip
 
 
-def test_a_replay_rebuilds_the_rungs_and_a_stopped_member_stays_stopped():
+@pytest.mark.parametrize("from_mlflow", [False, True])  # a pack's own record, or a finished pack's runs
+def test_a_replay_rebuilds_the_rungs_and_a_stopped_member_stays_stopped(from_mlflow):
     streams = member_streams(7, cells=1, per_cell=5)
     order = interleaved(streams, 7)
     first = Rungs(**ASHA)
@@ -113,8 +114,9 @@ def test_a_replay_rebuilds_the_rungs_and_a_stopped_member_stays_stopped():
     # a new driver's rungs hear what the packs reported, and hold what the old ones held
     again = Rungs(**ASHA)
     for member, config, _ in streams:
+        history = [{k: v for k, v in r.items() if not (from_mlflow and k == m.STOPPED)} for r in reported[member]]
         MemberRungs(again.ask_many, [member], [config], BUDGET).replay(
-            [{m.MEMBERS: {"0": r}} for r in reported[member]]
+            [{m.MEMBERS: {"0": r}} for r in history], finished=from_mlflow
         )
     assert rung_values(again._asha) == rung_values(first._asha)
     for member, config, _ in streams:  # a pack that starts over is told again to stop its stopped members

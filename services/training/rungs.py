@@ -46,16 +46,26 @@ class MemberRungs:
         self._next[member] = nxt
         return stop
 
-    def replay(self, results: Sequence[Mapping[str, Any]]) -> None:
+    def replay(self, results: Sequence[Mapping[str, Any]], finished: bool = False) -> None:
         """Hand the rungs what this pack reported before (a pack continued from a checkpoint, or
-        a finished pack replayed on resume): a new driver's rungs start empty."""
+        a ``finished`` pack replayed on resume from MLflow): a new driver's rungs start empty.
+        In a finished pack, a member whose last result is not an end was stopped by ASHA (MLflow
+        keeps no such flag)."""
         asks = [
-            (int(j), r, m.ended(r, self._budget)) for result in results for j, r in result.get(m.MEMBERS, {}).items()
+            (int(j), dict(r), m.ended(r, self._budget))
+            for result in results
+            for j, r in result.get(m.MEMBERS, {}).items()
         ]
+        if finished:
+            last = {j: i for i, (j, _, _) in enumerate(asks)}
+            for i in last.values():
+                j, r, ended = asks[i]
+                if not ended:
+                    asks[i] = (j, {**r, m.STOPPED: 1.0}, True)
         for (j, _, _), (_, nxt) in zip(asks, self._ask(asks, replayed=True)):
             self._next[j] = nxt
 
-    def _ask(self, asks: list[tuple[int, Mapping[str, Any], bool]], replayed: bool) -> list[tuple[bool, float]]:
+    def _ask(self, asks: Sequence[tuple[int, Mapping[str, Any], bool]], replayed: bool) -> list[tuple[bool, float]]:
         if not asks:
             return []
         self.asked += len(asks)

@@ -89,7 +89,7 @@ def tune_trainable(config: dict, spec, replay: Optional[dict] = None, rungs: Opt
     recorded = _recorded(config, replay or {})
     if recorded:
         if rungs and m.PACK in config:
-            _member_rungs(config, spec, rungs, None).replay(recorded)
+            _member_rungs(config, spec, rungs, None).replay(recorded, finished=True)
         for result in recorded:
             tune.report(result)
         return

@@ -101,3 +101,23 @@ def test_a_failed_trial_gets_one_line_naming_its_cause(text, summary, tmp_path):
     error_file = tmp_path / "error.txt"
     error_file.write_text(text)
     assert error_summary(SimpleNamespace(error_file=str(error_file))).startswith(summary)
+
+
+def test_a_run_created_just_before_the_driver_died_gets_its_params_when_resumed(tracking_uri):
+    first = _tracker(tracking_uri, "/ray/smoke-1")
+    first.wait_open()
+    trial = SimpleNamespace(trial_id="t0", config=CONFIG, last_result={}, error_file=None)
+    # the run exists; its params were staged for the next write when the driver was killed
+    first._writer.submit(first.runs.start, "t0", CONFIG)
+    first._writer.submit(lambda: first.runs._staged.clear())
+    first._writer.flush()
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs([first.experiment_id], filter_string=f"tags.`{m.TAG_TRIAL_ID}` = 't0'")
+    assert run.data.params == {}
+    resumed = pickle.loads(pickle.dumps(first))  # what a resumed sweep's Tune restores
+    resumed.on_trial_start(iteration=1, trials=[trial], trial=trial)
+    _report(resumed, "t0", 1000)
+    resumed.close()
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr_per_sample"] == str(CONFIG["lr_per_sample"]) and run.data.params["workload"]

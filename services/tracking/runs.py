@@ -62,6 +62,7 @@ class SweepRuns:
         self._staged: dict[str, _Staged] = {}  # run id -> metrics, params, tags not yet written
         self._previous: dict[str, str] = {}  # run id -> status, for runs a previous driver created
         self._unclaimed: dict[tuple, list[str]] = {}  # configuration -> previous runs no trial took yet
+        self._paramless: set[str] = set()  # previous runs created just before their driver died
         self._loaded = False
 
     @property
@@ -124,7 +125,10 @@ class SweepRuns:
                 self._runs[trial_id] = run_id
             self._last_step[run_id] = int(run.data.metrics.get(m.SAMPLES_SEEN, -1))
             self._previous[run_id] = status
-            self._unclaimed.setdefault(config_key(run.data.params), []).append(run_id)
+            if run.data.params:
+                self._unclaimed.setdefault(config_key(run.data.params), []).append(run_id)
+            else:  # its params were still staged when the driver died: the trial that adopts it logs them
+                self._paramless.add(run_id)
             if status == "RUNNING":  # cut off by the crash: continue it or end it
                 self._open.add(run_id)
         for runs in self._unclaimed.values():  # finished runs first: a configuration asked for again takes that one
@@ -141,7 +145,7 @@ class SweepRuns:
 
     def start(self, trial_id: str, config: dict) -> str:
         """The run of trial ``trial_id``: adopted from a previous driver, or created."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunTag
 
         self._load_existing()
         run_id = self._runs.get(trial_id)
@@ -154,6 +158,9 @@ class SweepRuns:
             if self._previous.get(run_id, "FINISHED") != "FINISHED" and run_id not in self._open:
                 self.client.update_run(run_id, status="RUNNING")  # interrupted before: it goes on now
                 self._open.add(run_id)
+            if run_id in self._paramless:
+                self._paramless.discard(run_id)
+                self._stage_params(run_id, config)
             return run_id
         hp = TrialHParams.from_config(config)
         run = self.client.create_run(
@@ -166,11 +173,16 @@ class SweepRuns:
                 m.TAG_TRIAL_ID: trial_id,
             },
         )
-        params = {**hp.as_params(), "workload": self.workload}
-        self._stage(run.info.run_id).params.extend(Param(key, params[key]) for key in m.PARAMS)
+        self._stage_params(run.info.run_id, config)
         self._runs[trial_id] = run.info.run_id
         self._open.add(run.info.run_id)
         return run.info.run_id
+
+    def _stage_params(self, run_id: str, config: dict) -> None:
+        from mlflow.entities import Param
+
+        params = {**TrialHParams.from_config(config).as_params(), "workload": self.workload}
+        self._stage(run_id).params.extend(Param(key, params[key]) for key in m.PARAMS)
 
     def result(self, trial_id: str, config: dict, result: dict) -> None:
         """Stage one result; :meth:`write_staged` writes it."""

@@ -236,13 +236,17 @@ class MlflowTracker(tune.Callback):
         # and what a driver killed in its last writes had not logged is in Tune's record
         for trial in trials:
             if trial.status == "TERMINATED" and trial.trial_id not in self._started:
-                self._recover(trial)
+                self._submit(self._recover, trial)
         self._submit(self.runs.claim_trials, [member for t in trials for member, _ in m.tracked(t.trial_id, t.config)])
         self.close("KILLED")
 
     def _recover(self, trial) -> None:
-        """Finish the runs of a trial Tune restored as ended that a dead driver left RUNNING,
-        from the trial's ``result.json`` (Tune's record of every result it got)."""
+        """On the writer's thread: finish the runs of a trial Tune restored as ended that a dead
+        driver left RUNNING, from the trial's ``result.json`` (Tune's record of every result it
+        got; read only for such a trial, so a large resumed sweep reads few)."""
+        tracked = m.tracked(trial.trial_id, trial.config)
+        if not any(self.runs.left_running(member) for member, _ in tracked):
+            return
         history: dict[str, list[dict]] = {}
         for result in tune_results(trial):
             if m.MEMBERS in result:
@@ -250,9 +254,9 @@ class MlflowTracker(tune.Callback):
                     history.setdefault(m.member_id(trial.trial_id, int(j)), []).append(dict(metrics))
             else:
                 history.setdefault(trial.trial_id, []).append(result)
-        for member, config in m.tracked(trial.trial_id, trial.config):
+        for member, config in tracked:
             if history.get(member):
-                self._submit(self.runs.recover, member, config, history[member], self._end_tags(history[member][-1]))
+                self.runs.recover(member, config, history[member], self._end_tags(history[member][-1]))
 
     def close(self, status: str = "KILLED") -> None:
         """Write everything queued, then mark every trial run still open with ``status``."""

@@ -235,12 +235,16 @@ class SweepRuns:
             self.client.set_terminated(run_id, status=status)
             self._open.discard(run_id)
 
+    def left_running(self, trial_id: str) -> bool:
+        """Whether a previous driver left ``trial_id``'s run RUNNING and it is still open."""
+        self._load_existing()
+        run_id = self._runs.get(trial_id)
+        return run_id is not None and self._previous.get(run_id) == "RUNNING" and run_id in self._open
+
     def recover(self, trial_id: str, config: dict, results: list[dict], tags: dict[str, str]) -> None:
         """A trial that ended under a dead driver whose run it left RUNNING (killed in its last
         writes): log what the run lacks of ``results`` (what Tune recorded) and finish it."""
-        self._load_existing()
-        run_id = self._runs.get(trial_id)
-        if run_id is None or self._previous.get(run_id) != "RUNNING" or run_id not in self._open:
+        if not self.left_running(trial_id):
             return
         for result in results:
             self.result(trial_id, config, result)

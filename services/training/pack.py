@@ -117,7 +117,7 @@ def _one_after_another(workload, members, budget, report, device, point, restore
         def member_report(metrics: dict, state: Any, relay=relay) -> Optional[bool]:
             stop = relay(metrics, state)
             if point is not None:
-                ended = stop is True or metrics.get(m.DIVERGED) or metrics[m.SAMPLES_SEEN] >= budget.total_samples
+                ended = stop is True or m.ended(metrics, budget.total_samples)
                 done = {"last": last + [metrics], "current": None} if ended else {"last": list(last), "current": state}
                 point(metrics[m.SAMPLES_SEEN], lambda: {SEQUENTIAL: done})
             return stop

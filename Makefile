@@ -8,7 +8,7 @@ SWEEP  ?= sweeps/quickstart.yaml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test test-fast lint format bench bench-quick validate export compare verify ui ui-check browser-deps up down status logs resume clean
+.PHONY: install sweep test test-fast lint format bench bench-quick validate export transfer compare verify ui ui-check browser-deps up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ validate: install  ## check a spec without running it
 
 export: install  ## write exports/<sweep>.json and .yaml from MLflow
 	$(BIN)/samplewise export $(SWEEP)
+
+transfer: install  ## train the answer at batch sizes the sweep did not train: make transfer SWEEP=...
+	$(BIN)/samplewise transfer $(SWEEP)
 
 compare: install  ## compare batch-size / LR schedules of a sweep: make compare SWEEP=...
 	$(BIN)/samplewise compare $(SWEEP)

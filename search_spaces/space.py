@@ -86,6 +86,11 @@ class SpaceSpec(FrozenModel):
     sizes above are the starting ones."""
     seeds: Optional[list[int]] = Field(default=None, min_length=1, max_length=10_000)
     """Training seeds to sweep over (init and data order); default the searcher's seed."""
+    interleave: bool = False
+    """Grid search: the reductions of an optimizer whose rule is tied (their updates are
+    identical, so the analysis pools them) take interleaved LRs: together they cover
+    ``grid_points`` x reductions log-spaced LRs from low to high, each reduction every other
+    one, so the pooled U-curve at every batch size has twice the LRs for the same trials."""
 
     @model_validator(mode="after")
     def _check(self) -> "SpaceSpec":

@@ -58,12 +58,21 @@ def cells(space: SpaceSpec, seed: int) -> list[dict[str, Any]]:
     ]
 
 
-def grid_lrs(space: SpaceSpec, optimizer: str) -> list[float]:
-    """The ``grid_points`` log-spaced LRs per sample of ``optimizer``'s range, both ends included."""
+def grid_lrs(space: SpaceSpec, optimizer: str, reduction: str | None = None) -> list[float]:
+    """The ``grid_points`` log-spaced LRs per sample of ``optimizer``'s range, both ends included;
+    with ``space.interleave`` and a tied rule, ``reduction``'s share of the interleaved grid
+    (``grid_points`` x reductions LRs over the range, every reduction-th one)."""
     rng = space.lr_range(optimizer)
     if rng.count == 1:
         return [float(np.sqrt(rng.low * rng.high))]
-    return [float(v) for v in np.geomspace(rng.low, rng.high, rng.count)]
+    parts = len(space.reductions) if interleaved(space, optimizer) and reduction is not None else 1
+    part = [str(r) for r in space.reductions].index(str(reduction)) if parts > 1 else 0
+    return [float(v) for v in np.geomspace(rng.low, rng.high, rng.count * parts)[part::parts]]
+
+
+def interleaved(space: SpaceSpec, optimizer: str) -> bool:
+    """Do ``optimizer``'s reductions take interleaved grid LRs (``space.interleave``, a tied rule)?"""
+    return space.interleave and len(space.reductions) > 1 and space.rule_for(optimizer) != "none"
 
 
 def _pick(trial: "optuna.Trial", space: SpaceSpec, seed: int) -> dict[str, Any]:
@@ -89,7 +98,7 @@ def suggest(trial: "optuna.Trial", space: SpaceSpec, seed: int, mode: str = "fre
         cell = _pick(trial, space, seed)
     optimizer = cell["optimizer"]
     if mode == "grid":
-        lrs = grid_lrs(space, optimizer)
+        lrs = grid_lrs(space, optimizer, cell["reduction"])
         lr_per_sample = lrs[trial.suggest_categorical("lr_step", list(range(len(lrs))))]
     else:
         rng = space.lr_range(optimizer)

@@ -134,7 +134,11 @@ PARAMS = PARAM_NAMES + ("workload",)
 
 # Tags on MLflow runs.
 TAG_SWEEP = "samplewise.sweep"
-TAG_ROLE = "samplewise.role"  # "parent" or "trial"
+TAG_ROLE = "samplewise.role"  # "parent", "trial", or "transfer" (a transfer check's parent run)
+TAG_TRANSFER_OF = "samplewise.transfer_of"  # a transfer check's parent: the sweep parent run it checks
+TAG_TRANSFER_BATCH = "samplewise.transfer_batch_size"  # the held-out batch size it trains
+TAG_TRANSFER_ANSWERS = "samplewise.transfer_answers"  # JSON: group name -> answered (mean-equivalent) lr there
+TAG_RUN_NAME = "mlflow.runName"
 TAG_TRIAL_ID = "samplewise.trial_id"
 TAG_DIVERGED = "samplewise.diverged"
 TAG_STOPPED_EARLY = "samplewise.stopped_early"

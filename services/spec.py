@@ -171,6 +171,44 @@ class ResourcesSpec(_Frozen):
     batch. None: one pass per batch. Bounds memory, so batch sizes past it can be swept."""
 
 
+class TransferSpec(_Frozen):
+    """The transfer check: the answer tried at batch sizes the sweep never trained
+    (:mod:`services.orchestration.transfer`)."""
+
+    enabled: bool = False
+    """Run the check right after the sweep (``make sweep``); ``make transfer`` runs it any time."""
+    batch_sizes: Optional[list[int]] = Field(default=None, min_length=1, max_length=20)
+    """Held-out batch sizes, none of them swept. Default: one octave below the smallest swept,
+    the geometric middle of the widest gap between swept ones, and one octave above the largest
+    (interpolation and one step of extrapolation at each end)."""
+    octaves: int = Field(default=1, ge=1, le=4)
+    """The bracket around the answered LR: x 2**-octaves .. x 2**octaves in factors of 2
+    (default x1/2, x1, x2)."""
+    extend: int = Field(default=2, ge=0, le=4)
+    """Rounds that add the next factor of 2 outwards where the bracket's best LR is at its edge,
+    so a regret is measured against an optimum, not a bound (default up to x1/8 .. x8)."""
+    seeds: list[int] = Field(default=[0, 1], min_length=1, max_length=100)
+    """Training seeds: each LR of a bracket is trained once per seed (the regret's interval
+    resamples them)."""
+    tolerance: float = Field(default=0.05, gt=0, le=10, allow_inf_nan=False)
+    """The regret (val loss at the answered LR over the bracket's best, minus 1) within which
+    the answer transfers."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "TransferSpec":
+        for field in ("batch_sizes", "seeds"):
+            values = getattr(self, field) or []
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field}: duplicate values in {values}")
+        for i, b in enumerate(self.batch_sizes or []):
+            if not 1 <= b <= MAX_BATCH:
+                raise ValueError(f"batch_sizes.{i}: must be between 1 and {MAX_BATCH}, got {b}")
+        for i, seed in enumerate(self.seeds):
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seeds.{i}: must be between 0 and {MAX_SEED}, got {seed}")
+        return self
+
+
 class SweepSpec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     """Names the MLflow experiment, the Ray run directory and the export file."""
@@ -184,9 +222,13 @@ class SweepSpec(_Frozen):
     noise: NoiseSpec = NoiseSpec()
     failures: FailureSpec = FailureSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    transfer: TransferSpec = TransferSpec()
 
     @model_validator(mode="after")
     def _trials(self) -> "SweepSpec":
+        swept = set(self.space.batch_sizes) & set(self.transfer.batch_sizes or [])
+        if swept:
+            raise ValueError(f"transfer.batch_sizes: {min(swept)} is swept; the check holds batch sizes out")
         if self.workload.train is not None and self.budget.epochs is not None:
             raise ValueError(
                 "budget.epochs: a workload.train loop owns its data, so samplewise cannot count its epochs; "

@@ -70,10 +70,25 @@ def test_mean_and_sum_give_the_same_science():
     (mean,) = summarize(records("mean"))
     (total,) = summarize(records("sum"))
     assert mean.verdict.startswith("holds") and total.verdict.startswith("holds")
-    assert total.law.k == pytest.approx(mean.law.k - 1, abs=1e-9)
-    assert (total.law.k_lo, total.law.k_hi) == pytest.approx((mean.law.k_lo - 1, mean.law.k_hi - 1), abs=1e-9)
+    # the laws are fitted in the mean-equivalent LR: the same numbers for both reductions
+    assert total.law.k == pytest.approx(mean.law.k, abs=1e-9)
+    assert (total.law.k_lo, total.law.k_hi) == pytest.approx((mean.law.k_lo, mean.law.k_hi), abs=1e-9)
     assert total.lr_per_sample == pytest.approx(mean.lr_per_sample, rel=1e-9)
     assert mean.answer.source == "rule" and mean.holds_for == (8, 256)
+    b = 100
+    assert total.answer.for_reduction("sgd", "sum", "linear").lr(b) == pytest.approx(mean.answer.law.lr(b) / b)
+
+
+def test_a_tied_rule_pools_mean_and_sum_into_one_answer():
+    """Identical updates (SGD under the linear rule) are one U-curve per batch size: one group,
+    one answer, and each reduction's own lr* shown to agree with the other's."""
+    groups = summarize(records("mean", seeds=(0,)) + records("sum", seeds=(1,)))
+    (g,) = groups
+    assert g.reductions == ("mean", "sum") and g.reduction == "mean+sum"
+    assert g.counts["total"] == 2 * len(BATCHES) * len(GRID)
+    assert g.agreement and g.reductions_agree
+    assert g.answer.law.lr(64) == pytest.approx(2e-3 * 64, rel=0.1)
+    assert "mean and sum pooled" in format_table(groups)
 
 
 def test_trials_at_chance_close_the_u_curve_without_dragging_it():

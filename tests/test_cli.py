@@ -146,8 +146,23 @@ def test_lr_answers_from_the_chosen_law_and_says_which(tmp_path):
     assert sat.returncode == 0 and "lr = 1 for batch_size 64" in sat.stdout  # 2 / (1 + 64/64)
     assert "saturating, fitted over B in 8..512" in sat.stdout and sat.stderr == ""
     past = run_cli("lr", path, "--batch-size", 256, "--optimizer", "adam", cwd=tmp_path)
-    assert "outside 16..128, where the rule formula was fitted" in past.stderr
-    assert "the rule is not confirmed (inconclusive" in past.stderr
+    assert "batch size 256 lies 1 octave above the swept 16..128" in past.stderr
+    assert "extrapolates the rule formula, unchecked" in past.stderr
+    assert "no transfer check for this answer yet" in past.stdout
+    adam["transfer"] = {
+        "verdict": "transfers within 5% (largest regret 1.0% at B = 256)",
+        "batch_range": [8, 256],
+        "checks": [
+            {"batch_size": b, "regret": r, "regret_interval": [0.0, r], "verdict": "within"}
+            for b, r in ((8, 0.0), (256, 0.01))
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    checked = run_cli("lr", path, "--batch-size", 200, "--optimizer", "adam", cwd=tmp_path)
+    assert checked.stderr == ""  # outside the swept range, inside the one a passed check covered
+    assert "transfer check at B = 256 (nearest): regret 1.0% [0.0%, 1.0%]" in checked.stdout
+    beyond = run_cli("lr", path, "--batch-size", 1024, "--optimizer", "adam", cwd=tmp_path)
+    assert "beyond the 8..256 the transfer check covered" in beyond.stderr
     assert float(
         run_cli("lr", path, "--batch-size", 64, "--optimizer", "adam", "--value-only", cwd=tmp_path).stdout
     ) == pytest.approx(8e-4)

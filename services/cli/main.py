@@ -87,7 +87,31 @@ def cmd_drive(args) -> int:
         outcome = runner.resume_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
     else:
         outcome = runner.run_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
-    return _summary(outcome, args, spec)
+    status = _summary(outcome, args, spec)
+    if status == EXIT_OK and spec.transfer.enabled and outcome.parent_run_id:
+        print(f"\ntransfer check of {spec.name}: the answer trained at batch sizes the sweep did not train")
+        _transfer(spec, args.spec, uri, args.ray_address, outcome.parent_run_id)
+    return status
+
+
+def _transfer(spec, spec_path: str, uri: str, ray_address, parent_run_id) -> None:
+    from services.orchestration.transfer import run_transfer
+
+    _, report = run_transfer(
+        spec, spec_path=spec_path, tracking_uri=uri, ray_address=ray_address, parent_run_id=parent_run_id
+    )
+    print()
+    print(report)
+    print(f"the export carries it: make export SWEEP={spec_path}")
+
+
+def cmd_transfer(args) -> int:
+    """Check the answer at held-out batch sizes (what is missing of it: a finished check is read back)."""
+    spec = _load_checked(args.spec)
+    uri = args.tracking_uri or paths.tracking_uri()
+    _sigterm_as_sigint()
+    _transfer(spec, args.spec, uri, args.ray_address, args.parent_run_id)
+    return EXIT_OK
 
 
 def cmd_export(args) -> int:
@@ -104,6 +128,8 @@ def cmd_export(args) -> int:
         where = f"  [{answer['source']}, B {answer['batch_range'][0]}..{answer['batch_range'][1]}]" if answer else ""
         print(f"{const['optimizer']:<8} {const['reduction']:<4} {formula}{where}")
         print(f"{'':<14}rule: {const['verdict']}")
+        transfer = const.get("transfer")
+        print(f"{'':<14}transfer: {transfer['verdict'] if transfer else 'not checked yet (make transfer)'}")
         best = const.get("best") or {}
         if best.get("test_accuracy") is not None:
             print(
@@ -139,7 +165,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_lr(args) -> int:
-    from services.results.export import lr_lookup, read_export
+    from services.results.export import lr_lookup, lr_notes, read_export
 
     doc = read_export(args.export)
     lr, const, warnings = lr_lookup(doc, args.batch_size, args.optimizer, args.reduction, args.schedule)
@@ -161,6 +187,8 @@ def cmd_lr(args) -> int:
         for extra in ("eps", "weight_decay"):
             if extra in const:
                 print(f"  with {const[extra]}")
+        for note in lr_notes(const, args.batch_size):
+            print(f"  {note}")
     return EXIT_OK
 
 
@@ -235,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-test", action="store_true", help="skip evaluating each group's best configuration once on the test split"
     )
     p.set_defaults(func=cmd_export)
+
+    p = with_store(
+        sub.add_parser(
+            "transfer",
+            help="check the answered LR at batch sizes the sweep did not train",
+            description="Train the answered LR and a bracket of factors of 2 around it at held-out batch "
+            "sizes (spec section transfer), as runs nested under the sweep's MLflow parent run, and print "
+            "each check's regret; the export carries them.",
+        )
+    )
+    p.add_argument("spec", help="the sweep's spec")
+    p.add_argument("--parent-run-id", help="check this submission instead of the newest")
+    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(func=cmd_transfer)
 
     p = with_store(
         sub.add_parser(

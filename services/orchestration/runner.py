@@ -224,10 +224,13 @@ def run_sweep(
     storage_path: str | None = None,
     stream: IO[str] | None = None,
     track: bool = True,
+    parent_tags: dict[str, str] | None = None,
 ) -> SweepOutcome:
     """Run every trial of ``spec`` and track it in MLflow; returns where the results are.
 
     ``track=False`` runs the same sweep without MLflow (``make bench`` measures what tracking costs).
+    ``parent_tags`` go on the parent run when it is created (a transfer check nests its run
+    under the sweep's, see :mod:`services.orchestration.transfer`).
     """
     stream = stream or sys.stdout
     uri = tracking_uri or paths.tracking_uri()
@@ -253,6 +256,7 @@ def run_sweep(
                 m.TAG_BUDGET_SAMPLES: str(budget_samples),
                 m.TAG_RAY_RUN: f"{storage}/{run_name}",
                 m.TAG_LOSS_UNIT: facts.loss_unit,
+                **(parent_tags or {}),
             },
         )
     started = False

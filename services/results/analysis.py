@@ -14,9 +14,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
-from search_spaces.scaling import ADAPTIVE, PARAM_NAMES, TrialHParams, group_key
-from services.results.fit import K_TOL, Optimum, PowerLaw, optimal_lr, rule_constant, valid_range, verdict
-from services.results.laws import LawFit, choose_law, fit_laws, intervals_overlap
+from search_spaces.scaling import ADAPTIVE, PARAM_NAMES, RULE_EXPONENT, TrialHParams
+from services.results.fit import Optimum, PowerLaw, rule_constant, valid_range, verdict
+from services.results.laws import LOBO_NAMES, Holdout, LawFit, choose_law, fit_laws, intervals_overlap, leave_one_out
+from services.results.laws import loo_score as _loo_score
+from services.results.surface import make_cell, surface_optima
 
 LEARN_FRACTION = 0.1
 """A trial learned when its val loss fell below its initial loss by at least this fraction of
@@ -77,17 +79,20 @@ class BatchBest:
     """Noise scale measured by the best trial at this batch size."""
     did_not_learn: int = 0
     """Trials at this batch size that did not learn (counted as tried, not fitted)."""
+    run_id: str = ""
+    reduction: str = ""
+    """The best trial's run and reduction (a pooled group's best may be either reduction's)."""
 
 
 @dataclass(frozen=True)
 class Answer:
     """The formula a user applies at any batch size, and where it comes from.
 
-    ``source``: 'rule' (the rule's exponent with c fitted over the batch sizes where it was
-    checked; it holds, or its interval also covers another rule), 'power law' (the interval
-    excludes the rule's exponent: the fitted one), 'saturating' or
-    'surge' (that law is better supported than any power law), or 'best trial' (too few batch
-    sizes to fit anything: the best trial's c with the rule's exponent, unchecked).
+    ``source``: the law that predicted left-out batch sizes best over the whole swept range
+    (:func:`services.results.laws.choose_law`): 'rule' (the rule's exponent, c fitted), 'power
+    law', 'saturating' or 'surge'; or 'best trial' (too few batch sizes with an optimum to fit
+    anything: the best trial's c with the rule's exponent, unchecked). ``law`` is fitted in the
+    mean-equivalent LR (``law.shift`` 0); :meth:`for_reduction` gives a reduction's own.
     """
 
     source: str
@@ -98,6 +103,23 @@ class Answer:
     @property
     def formula(self) -> str:
         return self.law.formula
+
+    def for_reduction(self, optimizer: str, reduction: str, rule: str) -> LawFit:
+        """The law in the optimizer LR of ``reduction`` (SGD under a tied sum: divided by B)."""
+        tied_sum = reduction == "sum" and rule != "none" and optimizer not in ADAPTIVE
+        return self.law.with_shift(-1.0 if tied_sum else 0.0)
+
+
+def lr_exponent_meq(rule: str) -> float:
+    """The rule's exponent of B in the mean-equivalent LR (linear 1, sqrt 0.5, none 0)."""
+    return RULE_EXPONENT[rule]
+
+
+def pooled(rule: str) -> bool:
+    """Under a tied rule the reductions' updates are identical (SGD: lr / B under sum; Adam: eps
+    * B; coupled decay * B), so their trials are one U-curve per batch size, in the
+    mean-equivalent LR; under ``none`` they differ and are analysed apart."""
+    return rule != "none"
 
 
 @dataclass(frozen=True)
@@ -128,10 +150,38 @@ class GroupSummary:
     """'low' or 'high' when the best trial's LR per sample sits at that edge of its searched range."""
     lr_range: Optional[tuple[float, float]] = None
     """The LR-per-sample range searched for this optimizer, when known."""
+    reductions: tuple[str, ...] = ()
+    """The reductions pooled in this group (``reduction`` names them joined by '+')."""
+    holdouts: list[Holdout] = field(default_factory=list)
+    """Leave one batch size out: lr* there predicted by each law fitted to the others."""
+    agreement: list[dict] = field(default_factory=list)
+    """For pooled reductions, per batch size each reduction's own lr* (mean-equivalent) and
+    interval, and whether the intervals overlap."""
 
     @property
     def name(self) -> str:
         return f"{self.optimizer}/{self.reduction}" + (f"/{self.schedule}" if self.schedule != "constant" else "")
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The :func:`analysis_key` of the group's trials."""
+        return (self.optimizer, "*" if len(self.reductions) > 1 or pooled(self.rule) else self.reduction, self.schedule)
+
+    @property
+    def k_meq(self) -> float:
+        """The rule's exponent of B in the mean-equivalent LR, the one the verdict tests."""
+        return lr_exponent_meq(self.rule)
+
+    def loo_score(self, law: str) -> Optional[float]:
+        """Root mean square leave-one-out error of ``law`` in log lr."""
+        return _loo_score(self.holdouts, law)
+
+    @property
+    def reductions_agree(self) -> Optional[bool]:
+        """Pooled reductions: do their own lr* intervals overlap at every batch size both have?"""
+        if not self.agreement:
+            return None
+        return all(row["agree"] for row in self.agreement)
 
     @property
     def holds_for(self) -> Optional[tuple[int, int]]:
@@ -251,37 +301,22 @@ def _noise_note(per_batch: list[BatchBest], optima: list[Optimum]) -> str:
 
 
 def _answer(
-    g_best: Optional[TrialRecord],
-    k: float,
-    chosen: Optional[LawFit],
-    law: Optional[PowerLaw],
-    text: str,
-    rule_c,
-    swept: list[int],
+    g_best: Optional[TrialRecord], rule_k: float, chosen: Optional[LawFit], swept: list[int]
 ) -> Optional[Answer]:
-    if chosen is not None and chosen.name != "power":
-        return Answer(chosen.name, chosen, (min(chosen.batch_sizes), max(chosen.batch_sizes)))
-    excluded = law is not None and len(law.batch_sizes) >= 3 and not law.k_lo - K_TOL <= k <= law.k_hi + K_TOL
-    if chosen is not None and len(chosen.batch_sizes) >= 3 and (text.startswith("does not hold") or excluded):
-        # the rule's k is ruled out: the fitted exponent
-        return Answer("power law", chosen, (min(chosen.batch_sizes), max(chosen.batch_sizes)))
-    if law is not None and rule_c is not None and len(law.batch_sizes) >= 3:
-        c, lo, hi = rule_c
-        fit = LawFit("power", {"c": c, "k": k}, {"c": (lo, hi), "k": (k, k)}, 0.0, law.batch_sizes, 0.0)
-        return Answer("rule", fit, (min(law.batch_sizes), max(law.batch_sizes)))
+    if chosen is not None:
+        source = {"power": "power law"}.get(chosen.name, chosen.name)
+        return Answer(source, chosen, (min(swept), max(swept)))
     if g_best is None:
         return None
-    c = g_best.lr_per_sample
-    fit = LawFit("power", {"c": c, "k": k}, {"c": (c, c), "k": (k, k)}, 0.0, tuple(swept), 0.0)
+    c = g_best.hp.mean_lr / g_best.batch_size**rule_k
+    fit = LawFit("rule", {"c": c, "k": rule_k}, {"c": (c, c), "k": (rule_k, rule_k)}, 0.0, tuple(swept), 0.0)
     return Answer("best trial", fit, (min(swept), max(swept)))
 
 
-def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, float]] = None) -> GroupSummary:
-    """The summary of one optimizer x reduction x schedule."""
-    first = members[0]
-    pool = candidates(members)
-    best = min(pool, key=lambda r: (r.val_loss, r.run_id)) if pool else None
-    per_batch, optima, not_learned = [], [], 0
+def _optima(members: list[TrialRecord]) -> tuple[list[Optimum], list[BatchBest], int]:
+    """lr*(B) in the mean-equivalent LR (one surface fit over the group), the best trial per
+    batch size, and how many trials did not learn."""
+    per_batch, cells, not_learned = [], [], 0
     for bs in sorted({r.batch_size for r in members if r.usable}):
         at_bs = candidates([r for r in members if r.batch_size == bs])
         fit_pool, bad = learned(at_bs)
@@ -298,32 +333,61 @@ def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, 
                 not top.stopped_early,
                 top.b_simple,
                 len(bad),
+                top.run_id,
+                top.reduction,
             )
         )
-        if len({r.lr for r in fit_pool}) >= 2:
-            tried = [r.lr for r in members if r.batch_size == bs and (r.usable or r.diverged)]
-            optima.append(
-                optimal_lr(
-                    bs,
-                    [r.lr for r in fit_pool],
-                    [loss_of(r) for r in fit_pool],
-                    tried,
-                    seeds=[r.seed for r in fit_pool],
-                )
-            )
+        tried = [r.hp.mean_lr for r in members if r.batch_size == bs and (r.usable or r.diverged)]
+        seeds = len({r.seed for r in fit_pool})
+        cells.append(make_cell(bs, [r.hp.mean_lr for r in fit_pool], [loss_of(r) for r in fit_pool], tried, seeds))
+    return surface_optima(cells), per_batch, not_learned
+
+
+def _agreement(members: list[TrialRecord], reductions: tuple[str, ...]) -> list[dict]:
+    """Each pooled reduction's own lr* per batch size, and whether their intervals overlap."""
+    if len(reductions) < 2:
+        return []
+    own = {red: {o.batch_size: o for o in _optima([r for r in members if r.reduction == red])[0]} for red in reductions}
+    rows = []
+    for bs in sorted(set.intersection(*(set(v) for v in own.values()))):
+        found = {red: own[red][bs] for red in reductions}
+        if any(o.on_edge for o in found.values()):
+            continue
+        lo = max(o.lo for o in found.values())
+        hi = min(o.hi for o in found.values())
+        rows.append(
+            {
+                "batch_size": bs,
+                **{red: {"lr": o.lr, "interval": [o.lo, o.hi]} for red, o in found.items()},
+                "agree": lo <= hi,
+            }
+        )
+    return rows
+
+
+def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, float]] = None) -> GroupSummary:
+    """The summary of one optimizer x schedule (x reduction, unless the rule pools them)."""
+    first = members[0]
+    reductions = tuple(sorted({r.reduction for r in members}, key=["mean", "sum"].index))
+    pool = candidates(members)
+    best = min(pool, key=lambda r: (r.val_loss, r.run_id)) if pool else None
+    optima, per_batch, not_learned = _optima(members)
+    rule_k = lr_exponent_meq(first.rule)
     interior = [o for o in optima if not o.on_edge]  # an optimum on the edge is a bound, not an estimate
     law, above = valid_range(interior) if len(interior) >= 2 else (None, [])
-    text = verdict(law, first.k)
+    text = verdict(law, rule_k)
     text += "" if text.startswith("holds") else _noise_note(per_batch, optima)
-    shift = 1.0 if first.reduction == "sum" and first.optimizer not in ADAPTIVE else 0.0
-    laws = fit_laws(interior, shift=shift, adaptive=first.optimizer in ADAPTIVE)
-    chosen = choose_law(laws)
+    adaptive = first.optimizer in ADAPTIVE
+    laws = fit_laws(interior, rule_k=rule_k, adaptive=adaptive)
+    names = [n for n in LOBO_NAMES if adaptive or n != "surge"]
+    holdouts = leave_one_out(interior, names, rule_k) if len(interior) >= 2 else []
+    chosen = choose_law(laws, holdouts)
     regime = [o for o in interior if law is not None and o.batch_size in law.batch_sizes]
-    rule_c = rule_constant(regime, first.k) if len(regime) >= 2 else None
+    rule_c = rule_constant(regime, rule_k) if len(regime) >= 2 else None
     swept = [b.batch_size for b in per_batch]
     return GroupSummary(
         first.optimizer,
-        first.reduction,
+        "+".join(reductions),
         first.schedule,
         first.rule,
         first.k,
@@ -337,21 +401,30 @@ def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, 
         laws=laws,
         chosen=chosen,
         rule_c=rule_c,
-        answer=_answer(best, first.k, chosen, law, text, rule_c, swept) if swept else None,
+        answer=_answer(best, rule_k, chosen, swept) if swept else None,
         range_edge=_edge(best.lr_per_sample, lr_range) if best else None,
         lr_range=lr_range,
+        reductions=reductions,
+        holdouts=holdouts,
+        agreement=_agreement(members, reductions) if pooled(first.rule) else [],
     )
+
+
+def analysis_key(record: TrialRecord) -> tuple[str, str, str]:
+    """(optimizer, reduction or '*' when the rule pools the reductions, schedule)."""
+    return (record.optimizer, "*" if pooled(record.rule) else record.reduction, record.schedule)
 
 
 def summarize(
     records: Iterable[TrialRecord], lr_ranges: Optional[Mapping[str, tuple[float, float]]] = None
 ) -> list[GroupSummary]:
-    """One summary per optimizer x reduction x schedule, sorted by name. ``lr_ranges``: the
-    LR-per-sample range searched per optimizer, for the edge warnings."""
+    """One summary per optimizer x schedule (x reduction under rule ``none``; a tied rule pools
+    the reductions, see :func:`pooled`), sorted by name. ``lr_ranges``: the LR-per-sample range
+    searched per optimizer, for the edge warnings."""
     groups: dict[tuple[str, str, str], list[TrialRecord]] = defaultdict(list)
     for record in sorted(records, key=lambda r: (r.run_id, r.trial_id)):  # row order never matters
         if complete(record):
-            groups[group_key(record)].append(record)
+            groups[analysis_key(record)].append(record)
     return [summarize_group(members, (lr_ranges or {}).get(key[0])) for key, members in sorted(groups.items())]
 
 
@@ -395,29 +468,56 @@ def format_table(groups: list[GroupSummary]) -> str:
     for g in groups:
         if g.answer is None:
             continue
-        lines.append(f"{g.name}: rule {g.verdict}")
-        source = g.answer.source + (" law" if g.answer.source in ("saturating", "surge") else "")
-        law = f"from the {source}" + (
-            f"; best-supported law by AICc: {g.chosen.name} (of {', '.join(x.name for x in g.laws)})"
-            if g.chosen
-            else ""
-        )
-        lines.append(f"    {g.answer.formula}  for B in {g.answer.batch_range[0]}..{g.answer.batch_range[1]}  [{law}]")
-        agree, noise_law, measured = g.b_noise_agrees, g.b_noise_law, g.b_simple_range
-        if agree is not None and noise_law is not None and measured is not None:
-            lo, hi = noise_law.intervals["b_noise"]
-            span = f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]"
-            fit = "LR fit" if noise_law is g.chosen else f"{noise_law.name} fit (not chosen)"
-            lines.append(
-                f"    B_noise from the {fit} {noise_law.params['b_noise']:.3g} {span} "
-                f"{'agrees' if agree else 'disagrees'} with B_simple measured "
-                f"{measured[0]:.3g}..{measured[1]:.3g}"
-            )
-        if g.counts.get("did_not_learn"):
-            lines.append(f"    {g.counts['did_not_learn']} trial(s) did not learn (counted as tried, not fitted)")
+        lines += answer_lines(g)
     warnings = [w for w in (edge_warning(g) for g in groups) if w]
     lines += [f"warning: {w}" for w in warnings]
     return "\n".join(lines).rstrip()
+
+
+def loo_text(g: GroupSummary) -> str:
+    """'leave-one-batch-size-out error 12% (rule 80%, power law 35%, saturating 12%)'."""
+    scores = [(law.name, g.loo_score(law.name)) for law in g.laws]
+    scores = [(n, v) for n, v in scores if v is not None]
+    if not scores or g.chosen is None or g.loo_score(g.chosen.name) is None:
+        return "too few batch sizes with an optimum to leave one out"
+    pct = lambda v: f"{math.expm1(v):.0%}"  # noqa: E731 - a log error as a factor - 1
+    others = ", ".join(f"{n} {pct(v)}" for n, v in scores)
+    return f"leave-one-batch-size-out error {pct(g.loo_score(g.chosen.name) or 0.0)} ({others})"
+
+
+def answer_lines(g: GroupSummary) -> list[str]:
+    """The group's answer, the rule's verdict, the reductions' agreement and B_noise, for the
+    end-of-sweep table and ``samplewise export``."""
+    assert g.answer is not None
+    a = g.answer
+    lo, hi = a.batch_range
+    lines = [f"{g.name}: {a.formula}  for B in {lo}..{hi}  [{a.source}; {loo_text(g)}]"]
+    if len(g.reductions) > 1:
+        lines[0] += "  (mean-equivalent LR; under sum SGD divides it by B)" if g.optimizer not in ADAPTIVE else ""
+        agree = g.reductions_agree
+        rows = len(g.agreement)
+        if agree is not None:
+            lines.append(
+                f"    {' and '.join(g.reductions)} pooled (identical updates): their own lr* "
+                + (
+                    f"agree at all {rows} batch sizes"
+                    if agree
+                    else f"DISAGREE at {sum(not r['agree'] for r in g.agreement)} of {rows} batch sizes"
+                )
+            )
+    lines.append(f"    rule ({g.rule}, k = {g.k_meq:g}): {g.verdict}")
+    agree_noise, noise_law, measured = g.b_noise_agrees, g.b_noise_law, g.b_simple_range
+    if agree_noise is not None and noise_law is not None and measured is not None:
+        b_lo, b_hi = noise_law.intervals["b_noise"]
+        span = f"[{'-' if b_lo is None else f'{b_lo:.3g}'}, {'-' if b_hi is None else f'{b_hi:.3g}'}]"
+        fit = "LR fit" if noise_law is g.chosen else f"{noise_law.name} fit (not chosen)"
+        lines.append(
+            f"    B_noise from the {fit} {noise_law.params['b_noise']:.3g} {span} "
+            f"{'agrees' if agree_noise else 'disagrees'} with B_simple measured {measured[0]:.3g}..{measured[1]:.3g}"
+        )
+    if g.counts.get("did_not_learn"):
+        lines.append(f"    {g.counts['did_not_learn']} trial(s) did not learn (counted as tried, not fitted)")
+    return lines
 
 
 def format_outcomes(records: list[TrialRecord]) -> str:

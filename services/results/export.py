@@ -2,12 +2,17 @@
 
 ``exports/<sweep>.json`` and ``.yaml`` hold, per optimizer x reduction (x schedule):
 
-- ``formula``: what to use at any batch size, from the best-supported law (``answer`` says
-  which, over which batch sizes, with intervals): the rule with its constant c fitted where
-  the rule was checked, the fitted power law where the rule does not hold, or a saturating /
-  surge law where lr*(B) bends;
+- ``formula``: what to use at any batch size, from the law that predicted left-out batch
+  sizes best over the whole swept range (``answer`` says which, with bootstrap draws for the
+  interval of lr at any B); reductions whose updates the rule makes identical share one
+  answer (``pooled_with``), each in its own optimizer LR;
+- ``leave_one_out``: per swept batch size, lr* measured and each law's prediction from the
+  others, and each law's error (``answer.loo_error``);
+- ``transfer``: the held-out check (:mod:`services.results.transfer`), when it ran for this
+  answer: per held-out batch size the answered LR, the best LR of the bracket around it and
+  the regret with its interval, and the verdict;
 - ``rule``: the scaling rule's verdict, and the batch sizes it holds for (only when it does);
-- ``laws``: every law fitted, with AICc, and B_noise beside the measured B_simple;
+- ``laws``: every law fitted, and B_noise beside the measured B_simple;
 - the evidence: lr*(B) with intervals, best LR and val loss per batch size, the best trial
   (with its held-out test metrics), trial counts, edge warnings, sweep and parent run id.
 
@@ -16,6 +21,7 @@ Both files are also logged as artifacts of the sweep's parent run.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -26,13 +32,14 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from search_spaces.scaling import ADAPTIVE, batch_exponents, lr_for
+from search_spaces.scaling import ADAPTIVE, batch_exponents, lr_exponent, lr_for
 from services import metrics as m
 from services.errors import ExportError
 from services.results.analysis import GroupSummary, TrialRecord, edge_warning, summarize
 from services.results.fit import CI
-from services.results.laws import AIC_MARGIN, LawFit
-from services.results.records import best_histories, find_parent_run, load_records, sweep_spec
+from services.results.laws import LOBO_FLOOR, LOBO_MARGIN, LawFit
+from services.results.records import best_histories, find_parent_run, load_records, sweep_spec, transfer_runs
+from services.results.transfer import Transfer, collect
 from services.tracking.store import client_for
 
 if TYPE_CHECKING:
@@ -41,11 +48,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 2
+EXPORT_VERSION = 3
 
 
-def _law_doc(law: LawFit) -> dict[str, Any]:
-    return {
+def _law_doc(law: LawFit, draws: bool = False) -> dict[str, Any]:
+    doc = {
         "name": law.name,
         "formula": law.formula,
         "params": law.params,
@@ -53,8 +60,10 @@ def _law_doc(law: LawFit) -> dict[str, Any]:
         "shift": law.shift,
         "batch_sizes": list(law.batch_sizes),
         "chi2": law.chi2,
-        "aicc": law.aicc if math.isfinite(law.aicc) else None,
     }
+    if draws and law.draws:
+        doc["draws"] = [list(d) for d in law.draws]
+    return doc
 
 
 def law_from_doc(doc: dict[str, Any]) -> LawFit:
@@ -66,6 +75,7 @@ def law_from_doc(doc: dict[str, Any]) -> LawFit:
         float(doc.get("shift", 0.0)),
         tuple(doc.get("batch_sizes", ())),
         float(doc.get("chi2", 0.0)),
+        tuple(tuple(d) for d in doc.get("draws", ())),
     )
 
 
@@ -74,47 +84,100 @@ def _setting_formula(name: str, value: float, batch_exponent: int) -> str:
     return f"{name} = {value:g}" + {0: "", 1: " * batch_size", -1: " / batch_size"}[batch_exponent]
 
 
-def _group_doc(g: GroupSummary, spec_params: dict[str, str], test: Optional[dict] = None) -> dict[str, Any]:
+def _answer_doc(g: GroupSummary, reduction: str) -> Optional[dict[str, Any]]:
     answer = g.answer
-    doc: dict[str, Any] = {
-        "optimizer": g.optimizer,
-        "reduction": g.reduction,
-        "schedule": g.schedule,
-        "rule": g.rule,
-        "k": g.k,
-        "lr_per_sample": g.lr_per_sample,
-        "lr_per_sample_interval": list(g.rule_c[1:]) if g.rule_c else None,
-        "formula": answer.formula if answer else None,
-        "answer": {**_law_doc(answer.law), "source": answer.source, "batch_range": list(answer.batch_range)}
-        if answer
-        else None,
-        "batch_sizes_swept": [b.batch_size for b in g.per_batch],
-        "per_batch_size": [asdict(b) for b in g.per_batch],
-        "trials": g.counts,
+    if answer is None:
+        return None
+    law = answer.for_reduction(g.optimizer, reduction, g.rule)
+    score = g.loo_score(law.name) if answer.source != "best trial" else None
+    return {
+        **_law_doc(law, draws=True),
+        "source": answer.source,
+        "batch_range": list(answer.batch_range),
+        "loo_error": math.expm1(score) if score is not None else None,
     }
-    decoupled = spec_params.get("space.weight_decay.mode") == "decoupled"
-    exponents = batch_exponents(g.optimizer, g.reduction, g.rule, decoupled)
-    eps = float(spec_params.get("space.eps", "1e-8"))
-    if g.optimizer in ADAPTIVE:
-        doc["eps"] = _setting_formula("eps", eps, exponents["eps"])
-    wd = float(spec_params.get("space.weight_decay.value", "0"))
-    if wd:
-        doc["weight_decay"] = _setting_formula("weight_decay", wd, exponents["weight_decay"])
-    if g.best:
-        b = g.best
-        doc["best"] = {
-            "batch_size": b.batch_size,
-            "lr": b.lr,
-            "lr_per_sample": b.lr_per_sample,
-            "val_loss_per_sample": b.val_loss,
-            "val_accuracy": b.val_accuracy,
-            "samples_seen": b.samples_seen,
-            "run_id": b.run_id,
-            "b_simple": b.b_simple,
-            **(test or {}),
+
+
+def _transfer_doc(g: GroupSummary, reduction: str, t: Optional[Transfer]) -> Optional[dict[str, Any]]:
+    """The transfer check of the group's answer, with each LR in ``reduction``'s optimizer LR."""
+    if t is None or g.answer is None:
+        return None
+    law = g.answer.for_reduction(g.optimizer, reduction, g.rule)
+    scale = lambda b: law.lr(b) / g.answer.law.lr(b)  # noqa: E731 - optimizer LR / mean-equivalent
+    return {
+        "verdict": t.verdict,
+        "tolerance": t.checks[0].tolerance,
+        "batch_range": list(t.batch_range or ()),
+        "checks": [
+            {
+                "batch_size": c.batch_size,
+                "trained_with": c.reduction,
+                "answered_lr": c.answered_lr * scale(c.batch_size),
+                "best_lr": c.best_lr * scale(c.batch_size),
+                "best_factor": 2.0**c.best_factor,
+                "regret": c.regret if math.isfinite(c.regret) else None,
+                "regret_interval": [v if math.isfinite(v) else None for v in c.interval],
+                "seeds": c.seeds,
+                "val_loss_per_factor": {f"{2.0**f:g}": (v if math.isfinite(v) else None) for f, v in c.losses.items()},
+                "best_at_bracket_edge": c.at_edge,
+                "verdict": c.verdict,
+            }
+            for c in sorted(t.checks, key=lambda c: c.batch_size)
+        ],
+    }
+
+
+def _group_docs(
+    g: GroupSummary, spec_params: dict[str, str], test: Optional[dict] = None, transfer: Optional[Transfer] = None
+) -> list[dict[str, Any]]:
+    """One constant per reduction of the group: pooled reductions share the answer, each in
+    its own optimizer LR (and its own eps, weight decay and k)."""
+    reductions = g.reductions or (g.reduction,)
+    docs = []
+    for red in reductions:
+        evidence = copy.deepcopy(_evidence_doc(g))  # every constant its own (no YAML anchors)
+        answer = _answer_doc(g, red)
+        doc: dict[str, Any] = {
+            "optimizer": g.optimizer,
+            "reduction": red,
+            "schedule": g.schedule,
+            "rule": g.rule,
+            "k": lr_exponent(g.optimizer, red, g.rule),
+            "pooled_with": [r for r in reductions if r != red],
+            "lr_per_sample": g.lr_per_sample,
+            "lr_per_sample_interval": list(g.rule_c[1:]) if g.rule_c else None,
+            "formula": answer["formula"] if answer else None,
+            "answer": answer,
+            "transfer": _transfer_doc(g, red, transfer),
+            "batch_sizes_swept": [b.batch_size for b in g.per_batch],
+            "per_batch_size": [asdict(b) for b in g.per_batch],
+            "trials": g.counts,
         }
-    doc.update(_evidence_doc(g))
-    return doc
+        decoupled = spec_params.get("space.weight_decay.mode") == "decoupled"
+        exponents = batch_exponents(g.optimizer, red, g.rule, decoupled)
+        eps = float(spec_params.get("space.eps", "1e-8"))
+        if g.optimizer in ADAPTIVE:
+            doc["eps"] = _setting_formula("eps", eps, exponents["eps"])
+        wd = float(spec_params.get("space.weight_decay.value", "0"))
+        if wd:
+            doc["weight_decay"] = _setting_formula("weight_decay", wd, exponents["weight_decay"])
+        if g.best:
+            b = g.best
+            doc["best"] = {
+                "batch_size": b.batch_size,
+                "reduction": b.reduction,
+                "lr": b.lr,
+                "lr_per_sample": b.lr_per_sample,
+                "val_loss_per_sample": b.val_loss,
+                "val_accuracy": b.val_accuracy,
+                "samples_seen": b.samples_seen,
+                "run_id": b.run_id,
+                "b_simple": b.b_simple,
+                **(test or {}),
+            }
+        doc.update(evidence)
+        docs.append(doc)
+    return docs
 
 
 def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
@@ -131,7 +194,8 @@ def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "verdict": g.verdict,
         "rule": {
-            "k": g.k,
+            "k": g.k_meq,
+            "k_in": "the mean-equivalent LR (the LR of a mean-reduced loss)",
             "verdict": g.verdict,
             "holds_for": list(g.holds_for) if g.holds_for else None,
             "checked_over": list(g.law.batch_sizes) if g.law else [],
@@ -142,9 +206,28 @@ def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
             "fitted_k_interval": [g.law.k_lo, g.law.k_hi] if g.law else None,
             "confidence": CI,
         },
-        "laws": [_law_doc(law) for law in g.laws],
+        "laws": [
+            {**_law_doc(law), "loo_error": math.expm1(s) if (s := g.loo_score(law.name)) is not None else None}
+            for law in g.laws
+        ],
         "chosen_law": g.chosen.name if g.chosen else None,
-        "law_criterion": f"the power law unless another law's AICc is lower by more than {AIC_MARGIN:g}",
+        "law_criterion": (
+            "leave one batch size out: the law with the smallest root-mean-square error predicting "
+            "each swept batch size's lr* from the others; a later of rule, power, saturating, surge "
+            f"only when its error is below the earlier's / {LOBO_MARGIN:g} and lower by more than "
+            f"{math.expm1(LOBO_FLOOR):.0%}"
+        ),
+        "leave_one_out": [
+            {
+                "batch_size": h.batch_size,
+                "measured": h.measured,
+                "measured_interval": list(h.measured_interval),
+                "predicted": dict(h.predicted),
+            }
+            for h in g.holdouts
+        ],
+        "reductions_agree": g.reductions_agree,
+        "agreement": g.agreement,
         "lr_star": [
             {
                 "batch_size": o.batch_size,
@@ -185,6 +268,7 @@ def build_export(
     groups: Optional[list[GroupSummary]] = None,
     parent: Optional["Run"] = None,
     tests: Optional[dict[str, dict]] = None,
+    transfers: Optional[list[Transfer]] = None,
 ) -> dict[str, Any]:
     parent = parent or find_parent_run(client, sweep, parent_run_id)
     records = load_records(client, parent) if records is None else records
@@ -193,6 +277,9 @@ def build_export(
     spec = sweep_spec(client, parent)
     groups = summarize(records, spec.space.lr_ranges() if spec else None) if groups is None else groups
     tests = tests or {}
+    if transfers is None:
+        transfers = read_transfers(client, parent, groups, spec)
+    by_group = {t.group: t for t in transfers}
     return {
         "samplewise_export": EXPORT_VERSION,
         "sweep": parent.data.tags.get(m.TAG_SWEEP, sweep),
@@ -203,8 +290,19 @@ def build_export(
         "loss_unit": parent.data.tags.get(m.TAG_LOSS_UNIT, "sample"),
         "budget_samples": int(parent.data.tags.get(m.TAG_BUDGET_SAMPLES, 0)),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "constants": [_group_doc(g, parent.data.params, tests.get(g.name)) for g in groups],
+        "constants": [
+            doc for g in groups for doc in _group_docs(g, parent.data.params, tests.get(g.name), by_group.get(g.name))
+        ],
     }
+
+
+def read_transfers(client: "MlflowClient", parent: "Run", groups: list[GroupSummary], spec) -> list[Transfer]:
+    """The transfer checks run under ``parent`` for the groups' current answers, scored with the
+    spec's tolerance."""
+    from services.spec import TransferSpec
+
+    tolerance = (spec.transfer if spec is not None else TransferSpec()).tolerance
+    return collect(groups, transfer_runs(client, parent), tolerance)
 
 
 def write_export(doc: dict[str, Any], out_dir: Path, client: "MlflowClient | None" = None) -> list[Path]:
@@ -248,11 +346,22 @@ def export_sweep(
                 result = test_best(client, spec, g.best)
                 if result is not None:
                     tests[g.name] = result
-    doc = build_export(client, sweep, records=records, groups=groups, parent=parent, tests=tests)
+    transfers = read_transfers(client, parent, groups, spec)
+    doc = build_export(client, sweep, records=records, groups=groups, parent=parent, tests=tests, transfers=transfers)
     files = write_export(doc, out_dir, client)
     if plots:
+        rows = {
+            t.group: [{"batch_size": c.batch_size, "best_lr": c.best_lr, "regret": c.regret} for c in t.checks]
+            for t in transfers
+        }
         pngs = write_plots(
-            doc["sweep"], records, groups, best_histories(client, groups, records), out_dir, doc["loss_unit"]
+            doc["sweep"],
+            records,
+            groups,
+            best_histories(client, groups, records),
+            out_dir,
+            doc["loss_unit"],
+            transfers=rows,
         )
         for png in pngs:
             client.log_artifact(parent.info.run_id, str(png), artifact_path="plots")
@@ -324,15 +433,8 @@ def lr_lookup(
     warnings = []
     if answer:
         lr = law_from_doc(answer).lr(batch_size)
-        lo, hi = answer["batch_range"]
-        if not lo <= batch_size <= hi:
-            warnings.append(
-                f"batch size {batch_size} lies outside {lo}..{hi}, where the {answer['source']} "
-                f"formula was fitted; this extrapolates it"
-            )
+        warnings += _range_warnings(const, batch_size)
         verdict = str(const.get("verdict", ""))
-        if answer["source"] == "rule" and verdict.startswith("inconclusive"):
-            warnings.append(f"the rule is not confirmed ({verdict})")
         if answer["source"] == "best trial":
             warnings.append(f"the rule was not checked ({verdict}); this is the best trial's constant")
     else:
@@ -346,3 +448,48 @@ def lr_lookup(
     if not math.isfinite(lr):
         raise ExportError(f"{const['optimizer']}/{const['reduction']}: constant is not a finite number")
     return lr, const, warnings
+
+
+def _octaves(batch_size: int, lo: int, hi: int) -> str:
+    far = math.log2(lo / batch_size) if batch_size < lo else math.log2(batch_size / hi)
+    return f"{far:.2g} octave{'s' if far > 1 else ''} {'below' if batch_size < lo else 'above'}"
+
+
+def _range_warnings(const: dict[str, Any], batch_size: int) -> list[str]:
+    """Outside the swept range: how far the answer extrapolates, and whether a transfer check
+    covered it (inside that range the check's regret is the evidence, :func:`lr_notes`)."""
+    answer = const["answer"]
+    lo, hi = answer["batch_range"]
+    if lo <= batch_size <= hi:
+        return []
+    transfer = const.get("transfer") or {}
+    t_range = transfer.get("batch_range") or []
+    where = f"batch size {batch_size} lies {_octaves(batch_size, lo, hi)} the swept {lo}..{hi}"
+    if t_range and min(t_range[0], lo) <= batch_size <= max(t_range[1], hi):
+        if str(transfer.get("verdict", "")).startswith("transfers"):
+            return []  # covered by a check that passed: lr_notes quotes it
+        return [f"{where}; the transfer check there says: {transfer['verdict']}"]
+    covered = f", and beyond the {t_range[0]}..{t_range[1]} the transfer check covered" if t_range else ""
+    return [f"{where}{covered}: this extrapolates the {answer['source']} formula, unchecked"]
+
+
+def lr_notes(const: dict[str, Any], batch_size: int) -> list[str]:
+    """What backs the LR at ``batch_size``: the transfer check nearest it and the formula's
+    leave-one-batch-size-out error."""
+    notes = []
+    transfer = const.get("transfer") or {}
+    checks = transfer.get("checks") or []
+    if checks:
+        c = min(checks, key=lambda c: (abs(math.log(c["batch_size"] / batch_size)), c["batch_size"]))
+        regret = "diverged" if c["regret"] is None else f"{c['regret']:.1%}"
+        lo, hi = ("-" if v is None else f"{v:.1%}" for v in c["regret_interval"])
+        notes.append(
+            f"transfer check at B = {c['batch_size']} (nearest): regret {regret} [{lo}, {hi}] against the best "
+            f"LR of the bracket, {c['verdict']}; all checks: {transfer['verdict']}"
+        )
+    else:
+        notes.append("no transfer check for this answer yet: make transfer SWEEP=<spec>")
+    answer = const.get("answer") or {}
+    if answer.get("loo_error") is not None:
+        notes.append(f"leave-one-batch-size-out error of the formula: {answer['loo_error']:.0%}")
+    return notes

@@ -200,13 +200,17 @@ def fit_weights(optima: Sequence[Optimum]) -> np.ndarray:
 
 
 def replicates(optima: Sequence[Optimum], n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) draws of log lr*, each batch size from its own bootstrap replicates."""
+    """(n_boot, n) draws of log lr*. When every optimum carries replicates of one joint bootstrap
+    (the same number, from :func:`services.results.surface.surface_optima`), draw r takes
+    replicate i_r of every batch size, so the batch sizes move together as they did in the
+    joint refit; otherwise each batch size draws from its own replicates."""
     rng = _rng(seed, 1)
-    cols = []
-    for o in optima:
-        boot = np.asarray(o.boot) if o.boot else np.array([math.log(o.lr)])
-        cols.append(boot[rng.integers(0, len(boot), n_boot)])
-    return np.stack(cols, axis=1)
+    boots = [np.asarray(o.boot) if o.boot else np.array([math.log(o.lr)]) for o in optima]
+    lengths = {len(b) for b in boots}
+    if len(lengths) == 1 and lengths != {1}:
+        idx = rng.integers(0, lengths.pop(), n_boot)
+        return np.stack([b[idx] for b in boots], axis=1)
+    return np.stack([b[rng.integers(0, len(b), n_boot)] for b in boots], axis=1)
 
 
 def weighted_line(logb: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,11 +1,12 @@
 """The four plots people look at, as PNGs (matplotlib, no display needed).
 
-1. ``u_curves``: val loss per sample vs LR, one curve per batch size.
+1. ``u_curves``: val loss per sample vs LR (a sum-reduced SGD trial's times B), one curve per batch size.
 2. ``collapse``: the same against LR per sample (lr / B**k): the curves collapse when the rule holds.
-3. ``lr_star``: lr*(B) on log-log with intervals, every fitted law (the chosen one solid), the
-   rule's line, B_noise and B_simple marked.
+3. ``lr_star``: lr*(B) on log-log with intervals, the chosen law drawn boldest, the other
+   laws thin, the rule's line, B_noise and B_simple marked, and the transfer check's held-out
+   batch sizes (the best LR of each bracket, and its regret).
 4. ``learning_curves``: val loss vs samples seen for the best trial at each batch size.
-Each figure has one panel per optimizer x reduction.
+Each figure has one panel per group (optimizer x schedule, and reduction unless pooled).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from services.results.analysis import GroupSummary, TrialRecord, candidates  # noqa: E402
+from services.results.analysis import GroupSummary, TrialRecord, analysis_key, candidates  # noqa: E402
 
 
 def loss_label(loss_unit: str = "sample") -> str:
@@ -72,14 +73,15 @@ def _colors(batch_sizes: Sequence[int]) -> dict[int, tuple]:
 
 
 def _group_title(g: GroupSummary) -> str:
-    sched = f", {g.schedule} schedule" if g.schedule != "constant" else ""
-    return f"{g.optimizer}, {g.reduction} reduction{sched} ({g.rule} rule, k={g.k:g})"
+    """'sgd, mean+sum (linear rule)': short enough for a 6-inch panel at size 10."""
+    sched = f", {g.schedule}" if g.schedule != "constant" else ""
+    return f"{g.optimizer}, {g.reduction}{sched} ({g.rule} rule)"
 
 
 def _u_curves(groups, by_group, x_of, xlabel, title, ylabel):
     fig, axes = _panels(len(groups), title)
     for ax, g in zip(axes, groups):
-        members = by_group[(g.optimizer, g.reduction, g.schedule)]
+        members = by_group[g.key]
         colors = _colors({t.batch_size for t in members if t.usable})
         for bs in sorted(colors):
             # the trials the analysis compares at this batch size: full budget where any is
@@ -105,70 +107,82 @@ def _u_curves(groups, by_group, x_of, xlabel, title, ylabel):
     return fig
 
 
-def _lr_star(groups, title):
+def _law_label(law) -> str:
+    if law.name in ("power", "rule"):
+        lo, hi = law.intervals.get("k", (law.params["k"], law.params["k"]))
+        return f"{law.name}: k = {law.params['k']:.2f} [{lo:.2f}, {hi:.2f}]"
+    lo, hi = law.intervals.get("b_noise", (None, None))
+    return (
+        f"{law.name}: B_noise {law.params['b_noise']:.3g} "
+        f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]"
+    )
+
+
+LAW_COLORS = {"rule": "C2", "power": "C1", "saturating": "C4", "surge": "C5"}
+
+
+def _lr_star(groups, title, transfers):
     fig, axes = _panels(len(groups), title)
     for ax, g in zip(axes, groups):
         if not g.optima:
             ax.text(0.5, 0.5, "no batch size with two or more LRs", ha="center", transform=ax.transAxes)
             ax.set_title(_group_title(g), fontsize=10)
             continue
-        above = set(g.above_range)
         bs = np.array([o.batch_size for o in g.optima], dtype=float)
         lr = np.array([o.lr for o in g.optima])
         err = np.array([[o.lr - o.lo for o in g.optima], [o.hi - o.lr for o in g.optima]])
-        inside = np.array([o.batch_size not in above for o in g.optima])
-        ax.errorbar(
-            bs[inside], lr[inside], yerr=err[:, inside], fmt="o", color="C0", capsize=3, label="lr*(B), 90% interval"
-        )
-        if (~inside).any():
-            ax.errorbar(
-                bs[~inside],
-                lr[~inside],
-                yerr=err[:, ~inside],
-                fmt="o",
-                mfc="white",
-                color="C0",
-                capsize=3,
-                label="above the checked range",
-            )
-        grid = np.geomspace(bs.min() / 1.3, bs.max() * 1.3, 80)
-        styles = {"power": "C1", "saturating": "C4", "surge": "C5"}
-        for law in g.laws:
-            chosen = g.chosen is not None and law.name == g.chosen.name
-            if law.name == "power":
-                text = f"power: k = {law.params['k']:.2f} [{law.intervals['k'][0]:.2f}, {law.intervals['k'][1]:.2f}]"
-            else:
-                lo, hi = law.intervals["b_noise"]
-                text = (
-                    f"{law.name}: B_noise = {law.params['b_noise']:.3g} "
-                    f"[{'-' if lo is None else f'{lo:.3g}'}, {'-' if hi is None else f'{hi:.3g}'}]"
-                )
-            aicc = f", AICc {law.aicc:.1f}" if np.isfinite(law.aicc) else ""
+        edge = np.array([o.on_edge for o in g.optima])
+        ax.errorbar(bs[~edge], lr[~edge], yerr=err[:, ~edge], fmt="o", color="0.25", capsize=3, label="lr*(B), 90%")
+        if edge.any():
+            ax.plot(bs[edge], lr[edge], "o", mfc="white", color="0.25", label="best LR at the grid's edge")
+        checks = transfers.get(g.name) or []
+        lo_b = min([bs.min()] + [c["batch_size"] for c in checks])
+        hi_b = max([bs.max()] + [c["batch_size"] for c in checks])
+        grid = np.geomspace(lo_b / 1.3, hi_b * 1.3, 80)
+        chosen = g.chosen.name if g.chosen is not None else None
+        for law in sorted(g.laws, key=lambda law: law.name == chosen):  # the chosen one drawn last, on top
+            mine = law.name == chosen
+            score = g.loo_score(law.name)
+            loo = f", LOBO {math.expm1(score):.0%}" if score is not None else ""
             ax.plot(
                 grid,
                 [law.lr(b) for b in grid],
-                "-" if chosen else "--",
-                color=styles[law.name],
-                lw=2.2 if chosen else 1.2,
-                label=text + aicc + (" (chosen)" if chosen else ""),
+                "-" if mine else "--",
+                color=LAW_COLORS[law.name],
+                lw=3.0 if mine else 1.0,
+                alpha=1.0 if mine else 0.7,
+                label=("answer: " if mine else "") + _law_label(law) + loo,
             )
-        if g.rule_c is not None:
-            ax.plot(grid, g.rule_c[0] * grid**g.k, ":", color="C2", lw=1.6, label=f"rule: k = {g.k:g}, c fitted")
-        else:
-            anchor_b, anchor_lr = (g.best.batch_size, g.best.lr) if g.best else (bs[0], lr[0])
-            ax.plot(grid, anchor_lr * (grid / anchor_b) ** g.k, ":", color="C2", label=f"rule: k = {g.k:g}")
+        if checks:
+            ax.plot(
+                [c["batch_size"] for c in checks],
+                [c["best_lr"] for c in checks],
+                "*",
+                ms=13,
+                color="C3",
+                mec="k",
+                label="transfer check: best of bracket",
+            )
+            for c in checks:
+                regret = c.get("regret")
+                text = "-" if regret is None else f"{regret:.0%}"
+                ax.annotate(
+                    text, (c["batch_size"], c["best_lr"]), textcoords="offset points", xytext=(6, -12), fontsize=8
+                )
         noise_law = g.b_noise_law
         if noise_law is not None and noise_law is g.chosen:
             ax.axvline(noise_law.params["b_noise"], color="C4", ls="-.", lw=1, label="B_noise (LR fit)")
         if g.b_simple_range:
             lo_s, hi_s = g.b_simple_range
-            ax.axvspan(lo_s, hi_s, color="C3", alpha=0.12, label=f"B_simple measured {lo_s:.0f}..{hi_s:.0f}")
+            ax.axvspan(lo_s, hi_s, color="C3", alpha=0.10, label=f"B_simple measured {lo_s:.0f}..{hi_s:.0f}")
         _log_axes(ax, xbase=2)
         ax.set_xlabel("batch size B (samples)")
-        ax.set_ylabel("optimal learning rate lr*(B)")
-        ax.set_title(_group_title(g) + f"\n{g.verdict}", fontsize=9)
+        pooled_sgd = len(g.reductions) > 1 and g.optimizer in ("sgd", "momentum")
+        ax.set_ylabel("optimal lr*(B)" + (" (mean-equivalent)" if pooled_sgd else ""))
+        head = g.verdict.split(":")[0].split(";")[0]
+        ax.set_title(f"{_group_title(g)}\nrule k = {g.k_meq:g}: {head}", fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
@@ -178,7 +192,7 @@ def _learning_curves(groups, histories, title, ylabel):
     for ax, g in zip(axes, groups):
         colors = _colors([b.batch_size for b in g.per_batch])
         for b in g.per_batch:
-            curve = histories.get((g.optimizer, g.reduction, g.schedule, b.batch_size))
+            curve = histories.get((g.name, b.batch_size))
             if curve:
                 steps, values = zip(*curve)
                 ax.plot(
@@ -202,19 +216,22 @@ def write_plots(
     histories: Mapping[tuple, Sequence[tuple[float, float]]],
     out_dir: Path,
     loss_unit: str = "sample",
+    transfers: Mapping[str, Sequence[dict]] | None = None,
 ) -> list[Path]:
-    """Write the four PNGs as ``<out_dir>/<sweep>-<plot>.png``; returns their paths."""
+    """Write the four PNGs as ``<out_dir>/<sweep>-<plot>.png``; returns their paths.
+    ``transfers``: per group name, the transfer check's rows (``batch_size``, ``best_lr``,
+    ``regret``), drawn on the lr*(B) plot."""
     ylabel = loss_label(loss_unit)
     by_group: dict[tuple, list[TrialRecord]] = {}
     for r in records:
-        by_group.setdefault((r.optimizer, r.reduction, r.schedule), []).append(r)
-    groups = [g for g in groups if by_group.get((g.optimizer, g.reduction, g.schedule))]
+        by_group.setdefault(analysis_key(r), []).append(r)
+    groups = [g for g in groups if by_group.get(g.key)]
     figures = {
         "u_curves": _u_curves(
             groups,
             by_group,
-            lambda t: t.lr,
-            "learning rate (optimizer lr)",
+            lambda t: t.hp.mean_lr,
+            "learning rate (as under mean reduction)",
             f"{sweep}: validation loss vs learning rate",
             ylabel,
         ),
@@ -226,7 +243,7 @@ def write_plots(
             f"{sweep}: validation loss vs LR per sample (curves collapse when the rule holds)",
             ylabel,
         ),
-        "lr_star": _lr_star(groups, f"{sweep}: optimal learning rate vs batch size"),
+        "lr_star": _lr_star(groups, f"{sweep}: optimal learning rate vs batch size", transfers or {}),
         "learning_curves": _learning_curves(groups, histories, f"{sweep}: learning curves", ylabel),
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,8 @@ def load_records(client: "MlflowClient", parent: "Run") -> list[TrialRecord]:
         runs = child_runs(client, parent.info.experiment_id, parent.info.run_id, SEARCH_PAGE)
         records, unreadable = [], []
         for run in runs:
+            if run.data.tags.get(m.TAG_ROLE, "trial") != "trial":  # a transfer check nested here
+                continue
             try:
                 records.append(_record(run))
             except ValueError as err:  # a run whose params a killed writer never wrote
@@ -99,6 +101,24 @@ def load_records(client: "MlflowClient", parent: "Run") -> list[TrialRecord]:
     if unreadable:
         log.warning("%d trial runs without their hyperparameters left out: %s", len(unreadable), unreadable[0])
     return records
+
+
+def transfer_runs(client: "MlflowClient", parent: "Run") -> list[tuple[int, dict, list[TrialRecord]]]:
+    """The transfer checks nested under a sweep submission: per check run, (held-out batch
+    size, {group name: answered mean-equivalent lr}, its trials)."""
+    import json
+
+    out = []
+    for run in child_runs(client, parent.info.experiment_id, parent.info.run_id):
+        if run.data.tags.get(m.TAG_ROLE) != "transfer":
+            continue
+        try:
+            answers = json.loads(run.data.tags.get(m.TAG_TRANSFER_ANSWERS, "{}"))
+            batch_size = int(run.data.tags.get(m.TAG_TRANSFER_BATCH, "0"))
+        except ValueError:  # a check run by something else: not ours to read
+            continue
+        out.append((batch_size, answers, load_records(client, run)))
+    return out
 
 
 def sweep_spec(client: "MlflowClient", parent: "Run"):
@@ -121,15 +141,12 @@ def sweep_spec(client: "MlflowClient", parent: "Run"):
 
 
 def best_histories(client: "MlflowClient", groups: list[GroupSummary], records: list[TrialRecord]):
-    """Val-loss curves (samples seen, loss) of the best trial per optimizer x reduction x batch size."""
-    run_of = {(r.optimizer, r.reduction, r.schedule, r.batch_size, r.lr, r.val_loss): r.run_id for r in records}
+    """Val-loss curves (samples seen, loss) of the best trial per group x batch size, keyed by
+    (group name, batch size)."""
     curves = {}
     for g in groups:
         for b in g.per_batch:
-            run_id = run_of.get((g.optimizer, g.reduction, g.schedule, b.batch_size, b.lr, b.val_loss))
-            if run_id:
-                history = client.get_metric_history(run_id, m.VAL_LOSS)
-                curves[(g.optimizer, g.reduction, g.schedule, b.batch_size)] = sorted(
-                    (p.step, p.value) for p in history
-                )
+            if b.run_id:
+                history = client.get_metric_history(b.run_id, m.VAL_LOSS)
+                curves[(g.name, b.batch_size)] = sorted((p.step, p.value) for p in history)
     return curves

@@ -77,10 +77,7 @@ class SweepRuns:
         """Create (or find) the sweep's experiment and start the submission's parent run."""
         try:
             self.experiment_id = ensure_experiment(self.client, self.sweep, artifact_location)
-            parent = start_parent_run(self.client, self.experiment_id, self.spec, spec_path)
-            for key, value in parent_tags.items():
-                self.client.set_tag(parent, key, value)
-            self.parent_run_id = parent
+            self.parent_run_id = start_parent_run(self.client, self.experiment_id, self.spec, spec_path, parent_tags)
         except TrackingError:
             raise
         except Exception as err:  # the store took the experiment but not the run: same verdict

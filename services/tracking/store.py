@@ -162,14 +162,18 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def start_parent_run(client: "MlflowClient", experiment_id: str, spec: "SweepSpec", spec_path: str) -> str:
-    """Create the parent run of a sweep submission, with the spec as params and artifact."""
+def start_parent_run(
+    client: "MlflowClient", experiment_id: str, spec: "SweepSpec", spec_path: str, tags: dict[str, str] | None = None
+) -> str:
+    """Create the parent run of a sweep submission, with the spec as params and artifact.
+    ``tags`` are set when the run is created (a transfer check's: role ``transfer``, nested
+    under the sweep's parent run), so no search ever sees it with the default role."""
     from mlflow.entities import Param
 
     run = client.create_run(
         experiment_id,
-        run_name=spec.name,
-        tags={m.TAG_SWEEP: spec.name, m.TAG_ROLE: "parent", m.TAG_SPEC_PATH: spec_path},
+        run_name=(tags or {}).get(m.TAG_RUN_NAME, spec.name),
+        tags={m.TAG_SWEEP: spec.name, m.TAG_ROLE: "parent", m.TAG_SPEC_PATH: spec_path, **(tags or {})},
     )
     flat: dict[str, str] = {}
     _flatten("", spec.model_dump(mode="json", exclude={"description"}), flat)

@@ -26,6 +26,9 @@ def test_bench_quick_runs_every_measurement(tmp_path, capsys):
         "quickstart in packs vs one configuration per trial",
         "SGD grid in packs vs one configuration per trial",
         "SGD grid with ASHA in packs vs one configuration per trial",
+        "quickstart answer at held-out batch sizes",
+        "SGD grid answer at held-out batch sizes",
+        "quickstart answers with max_concurrent 1 vs 2",
     ):
         assert name in text, name
     assert "ms of driver CPU per trial run" in text  # tracking at both trial lengths

@@ -210,3 +210,29 @@ def test_sum_reduced_sgd_gets_the_mean_equivalent_law_divided_by_b():
     assert s.params["b_noise"] == m.params["b_noise"]
     assert s.lr(100) == pytest.approx(m.lr(100) / 100, rel=1e-9)
     assert "/ batch_size**1" in s.formula
+
+
+def test_a_law_corrected_to_the_optima_follows_a_knee_and_fades_beyond_the_range():
+    from services.results.laws import corrected, fit_law
+
+    truth = lambda b: 0.004 * b if b <= 32 else 1.0  # noqa: E731 - a knee no law bends through
+    optima = optima_for(truth, noise=0.0, batch_sizes=(8, 16, 32, 64, 128, 256))
+    law = fit_law("saturating", optima, rule_k=1.0)
+    fixed = corrected(law, optima)
+    assert fixed.key == "saturating+" and "answer.residuals" in fixed.formula
+    for o in optima:  # through every swept optimum
+        assert fixed.lr(o.batch_size) == pytest.approx(o.lr, rel=1e-9)
+    assert fixed.lr(91) == pytest.approx(1.0, rel=0.1)  # between 64 and 128, both at 1.0
+    assert fixed.lr(512) == pytest.approx(law.lr(512), rel=1e-9)  # an octave past the end: the law alone
+    assert fixed.with_shift(-1.0).lr(91) == pytest.approx(fixed.lr(91) / 91, rel=1e-9)
+
+
+def test_leaving_out_a_batch_size_scores_what_its_prediction_would_have_cost():
+    from services.results.laws import Holdout, loo_regret
+
+    curve = tuple((math.log(lr), math.log(loss)) for lr, loss in ((0.1, 0.30), (0.2, 0.20), (0.4, 0.25)))
+    h = Holdout(32, 0.2, (0.15, 0.3), {"a": 0.2, "b": 0.4, "c": 10.0}, curve)
+    assert h.regret("a") == pytest.approx(0.0)
+    assert h.regret("b") == pytest.approx(0.25)
+    assert h.regret("c") == pytest.approx(0.25)  # beyond the curve: its end value
+    assert loo_regret([h, h], "b") == pytest.approx(0.25)

@@ -17,6 +17,7 @@ from services.bench.packs import bench_limit, bench_packed_grid
 from services.bench.report import Result, to_markdown
 from services.bench.store import bench_export
 from services.bench.sweeps import bench_orchestration, bench_search, bench_tracking
+from services.bench.transfer import bench_transfer
 
 
 def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
@@ -38,6 +39,7 @@ def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
             results += [orchestration, bench_search(quick, store), bench_tracking(quick, store, long_tracking)]
             results += bench_limit(quick, store)
             results += [bench_packed_grid(quick, store), bench_packed_grid(quick, store, asha=True)]
+            results += bench_transfer(quick, store)
         finally:
             if started_ray:
                 ray.shutdown()

@@ -189,14 +189,19 @@ def run_transfer(
     return transfers, report
 
 
-def _cost(parent, records, transfers: list[tr.Transfer], trials: int, wall: float) -> str:
-    """What the check of the current answer cost next to the sweep, in trials and samples."""
+def samples_share(parent, records, transfers: list[tr.Transfer]) -> float:
+    """The samples the check of the current answer trains over those the sweep trained."""
     budget = int(parent.data.tags.get(m.TAG_BUDGET_SAMPLES, 0))
     checked = sum(len(c.losses) * c.seeds for t in transfers for c in t.checks)
-    swept = sum(r.samples_seen for r in records) or 1
+    return checked * budget / (sum(r.samples_seen for r in records) or 1)
+
+
+def _cost(parent, records, transfers: list[tr.Transfer], trials: int, wall: float) -> str:
+    """What the check of the current answer cost next to the sweep, in trials and samples."""
+    checked = sum(len(c.losses) * c.seeds for t in transfers for c in t.checks)
     sweep_wall = (parent.info.end_time - parent.info.start_time) / 1000 if parent.info.end_time else math.nan
     line = (
-        f"transfer check: {checked} trials, {checked * budget / swept:.0%} of the samples the sweep's "
+        f"transfer check: {checked} trials, {samples_share(parent, records, transfers):.0%} of the samples the sweep's "
         f"{len(records)} trials trained"
     )
     if trials:

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Optional
 from search_spaces.scaling import ADAPTIVE, PARAM_NAMES, RULE_EXPONENT, TrialHParams
 from services.results.fit import Optimum, PowerLaw, rule_constant, valid_range, verdict
 from services.results.laws import LOBO_NAMES, Holdout, LawFit, choose_law, fit_laws, intervals_overlap, leave_one_out
+from services.results.laws import loo_regret as _loo_regret
 from services.results.laws import loo_score as _loo_score
 from services.results.surface import make_cell, surface_optima
 
@@ -176,6 +177,10 @@ class GroupSummary:
         """Root mean square leave-one-out error of ``law`` in log lr."""
         return _loo_score(self.holdouts, law)
 
+    def loo_regret(self, law: str) -> Optional[float]:
+        """Mean regret of ``law``'s leave-one-out predictions on the left-out U-curves."""
+        return _loo_regret(self.holdouts, law)
+
     @property
     def reductions_agree(self) -> Optional[bool]:
         """Pooled reductions: do their own lr* intervals overlap at every batch size both have?"""
@@ -305,12 +310,30 @@ def _answer(
 ) -> Optional[Answer]:
     if chosen is not None:
         source = {"power": "power law"}.get(chosen.name, chosen.name)
+        source += ", corrected to the swept optima" if chosen.residuals else ""
         return Answer(source, chosen, (min(swept), max(swept)))
     if g_best is None:
         return None
     c = g_best.hp.mean_lr / g_best.batch_size**rule_k
     fit = LawFit("rule", {"c": c, "k": rule_k}, {"c": (c, c), "k": (rule_k, rule_k)}, 0.0, tuple(swept), 0.0)
     return Answer("best trial", fit, (min(swept), max(swept)))
+
+
+def u_curve(records: list[TrialRecord]) -> tuple[tuple[float, float], ...]:
+    """One batch size's measured U-curve: (log mean-equivalent lr, log mean val loss) per LR
+    tried, every finished trial included; a diverged one counts as the worst loss seen there
+    (or its initial loss, if worse)."""
+    finite = [r.val_loss for r in records if r.status == "FINISHED" and not r.diverged and r.val_loss is not None]
+    initial = [r.initial_loss for r in records if r.initial_loss is not None]
+    if not finite:
+        return ()
+    worst = max(finite + initial)
+    by: dict[float, list[float]] = defaultdict(list)
+    for r in records:
+        if r.status == "FINISHED" or r.diverged:
+            loss = worst if r.diverged or r.val_loss is None else r.val_loss
+            by[math.log(r.hp.mean_lr)].append(math.log(max(loss, 1e-12)))
+    return tuple((x, sum(v) / len(v)) for x, v in sorted(by.items()))
 
 
 def _optima(members: list[TrialRecord]) -> tuple[list[Optimum], list[BatchBest], int]:
@@ -380,8 +403,9 @@ def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, 
     adaptive = first.optimizer in ADAPTIVE
     laws = fit_laws(interior, rule_k=rule_k, adaptive=adaptive)
     names = [n for n in LOBO_NAMES if adaptive or n != "surge"]
-    holdouts = leave_one_out(interior, names, rule_k) if len(interior) >= 2 else []
-    chosen = choose_law(laws, holdouts)
+    curves = {o.batch_size: u_curve([r for r in members if r.batch_size == o.batch_size]) for o in interior}
+    holdouts = leave_one_out(interior, names, rule_k, curves) if len(interior) >= 2 else []
+    chosen = choose_law(laws, holdouts, interior)
     regime = [o for o in interior if law is not None and o.batch_size in law.batch_sizes]
     rule_c = rule_constant(regime, rule_k) if len(regime) >= 2 else None
     swept = [b.batch_size for b in per_batch]
@@ -476,13 +500,17 @@ def format_table(groups: list[GroupSummary]) -> str:
 
 def loo_text(g: GroupSummary) -> str:
     """'leave-one-batch-size-out error 12% (rule 80%, power law 35%, saturating 12%)'."""
-    scores = [(law.name, g.loo_score(law.name)) for law in g.laws]
-    scores = [(n, v) for n, v in scores if v is not None]
-    if not scores or g.chosen is None or g.loo_score(g.chosen.name) is None:
+    if g.chosen is None or g.loo_score(g.chosen.key) is None:
         return "too few batch sizes with an optimum to leave one out"
-    pct = lambda v: f"{math.expm1(v):.0%}"  # noqa: E731 - a log error as a factor - 1
-    others = ", ".join(f"{n} {pct(v)}" for n, v in scores)
-    return f"leave-one-batch-size-out error {pct(g.loo_score(g.chosen.name) or 0.0)} ({others})"
+    keys = [law.key for law in g.laws] + ([g.chosen.key] if g.chosen.residuals else [])
+    label = lambda k: k.replace("+", " corrected")  # noqa: E731
+    error = f"lr* error {math.expm1(g.loo_score(g.chosen.key) or 0.0):.0%}"
+    regret = g.loo_regret(g.chosen.key)
+    if regret is None:
+        others = ", ".join(f"{label(k)} {math.expm1(v):.0%}" for k in keys if (v := g.loo_score(k)) is not None)
+        return f"leave-one-batch-size-out {error} ({others})"
+    others = ", ".join(f"{label(k)} {v:.1%}" for k in keys if (v := g.loo_regret(k)) is not None)
+    return f"leave-one-batch-size-out regret {regret:.1%} ({others}), {error}"
 
 
 def answer_lines(g: GroupSummary) -> list[str]:

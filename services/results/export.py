@@ -37,7 +37,7 @@ from services import metrics as m
 from services.errors import ExportError
 from services.results.analysis import GroupSummary, TrialRecord, edge_warning, summarize
 from services.results.fit import CI
-from services.results.laws import LOBO_FLOOR, LOBO_MARGIN, LawFit
+from services.results.laws import LOBO_MARGIN, REGRET_FLOOR, LawFit
 from services.results.records import best_histories, find_parent_run, load_records, sweep_spec, transfer_runs
 from services.results.transfer import Transfer, collect
 from services.tracking.store import client_for
@@ -63,6 +63,8 @@ def _law_doc(law: LawFit, draws: bool = False) -> dict[str, Any]:
     }
     if draws and law.draws:
         doc["draws"] = [list(d) for d in law.draws]
+    if law.residuals:
+        doc["residuals"] = [[round(math.exp(x)), r] for x, r in law.residuals]
     return doc
 
 
@@ -76,6 +78,7 @@ def law_from_doc(doc: dict[str, Any]) -> LawFit:
         tuple(doc.get("batch_sizes", ())),
         float(doc.get("chi2", 0.0)),
         tuple(tuple(d) for d in doc.get("draws", ())),
+        tuple((math.log(b), float(r)) for b, r in doc.get("residuals", ())),
     )
 
 
@@ -89,12 +92,13 @@ def _answer_doc(g: GroupSummary, reduction: str) -> Optional[dict[str, Any]]:
     if answer is None:
         return None
     law = answer.for_reduction(g.optimizer, reduction, g.rule)
-    score = g.loo_score(law.name) if answer.source != "best trial" else None
+    score = g.loo_score(law.key) if answer.source != "best trial" else None
     return {
         **_law_doc(law, draws=True),
         "source": answer.source,
         "batch_range": list(answer.batch_range),
         "loo_error": math.expm1(score) if score is not None else None,
+        "loo_regret": g.loo_regret(law.key) if answer.source != "best trial" else None,
     }
 
 
@@ -207,15 +211,22 @@ def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
             "confidence": CI,
         },
         "laws": [
-            {**_law_doc(law), "loo_error": math.expm1(s) if (s := g.loo_score(law.name)) is not None else None}
+            {
+                **_law_doc(law),
+                "loo_error": math.expm1(s) if (s := g.loo_score(law.name)) is not None else None,
+                "loo_regret": g.loo_regret(law.name),
+                "loo_regret_corrected": g.loo_regret(law.name + "+"),
+            }
             for law in g.laws
         ],
-        "chosen_law": g.chosen.name if g.chosen else None,
+        "chosen_law": g.chosen.key if g.chosen else None,
         "law_criterion": (
-            "leave one batch size out: the law with the smallest root-mean-square error predicting "
-            "each swept batch size's lr* from the others; a later of rule, power, saturating, surge "
-            f"only when its error is below the earlier's / {LOBO_MARGIN:g} and lower by more than "
-            f"{math.expm1(LOBO_FLOOR):.0%}"
+            "leave one batch size out: each law fitted to the other batch sizes' lr* predicts the "
+            "left-out one's, and costs what the measured U-curve there says that LR costs (val loss "
+            "over the best, minus 1); the law with the smallest mean regret, a later of rule, power, "
+            f"saturating, surge only when its regret is below the earlier's / {LOBO_MARGIN:g} and lower by "
+            f"more than {REGRET_FLOOR:.1%}; then the chosen law corrected to the swept optima "
+            "(interpolated between them, fading over one octave beyond the ends) replaces it on the same terms"
         ),
         "leave_one_out": [
             {
@@ -223,6 +234,7 @@ def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
                 "measured": h.measured,
                 "measured_interval": list(h.measured_interval),
                 "predicted": dict(h.predicted),
+                "regret_of_predicted": {k: h.regret(k) for k in h.predicted} if h.curve else None,
             }
             for h in g.holdouts
         ],
@@ -490,6 +502,9 @@ def lr_notes(const: dict[str, Any], batch_size: int) -> list[str]:
     else:
         notes.append("no transfer check for this answer yet: make transfer SWEEP=<spec>")
     answer = const.get("answer") or {}
-    if answer.get("loo_error") is not None:
-        notes.append(f"leave-one-batch-size-out error of the formula: {answer['loo_error']:.0%}")
+    if answer.get("loo_regret") is not None:
+        notes.append(
+            f"leave-one-batch-size-out: the formula fitted without a swept batch size costs {answer['loo_regret']:.1%} "
+            f"val loss there on average (lr* off by {answer['loo_error']:.0%})"
+        )
     return notes

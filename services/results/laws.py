@@ -10,10 +10,15 @@ size it was not fitted on.
 
 :func:`fit_laws` fits them, in the mean-equivalent LR, with bootstrap intervals over the optima
 of :mod:`services.results.surface`. :func:`leave_one_out` refits each law with one batch size
-left out and predicts it there; :func:`choose_law` takes the law with the smallest such error
-over the whole swept range (the simpler law unless a later one is clearly better), so the
-answer is the law that interpolates, and extrapolates one step, best, never a fit over a
-sub-range stretched past its data.
+left out and predicts it there; :func:`choose_law` takes the law whose predictions cost least
+on the left-out U-curves (mean regret; the simpler law unless a later one is clearly better),
+so the answer is the law that interpolates, and extrapolates one step, best, never a fit over
+a sub-range stretched past its data. A regret, not an error in log lr: on a flat U-curve an LR
+off by 2x costs nothing, next to a stability cliff 30% too high costs everything.
+
+When lr*(B) bends more sharply than any law (a knee between two swept sizes), the chosen law
+corrected to the swept optima (:func:`corrected`) replaces it, if leaving a batch size out
+shows the correction predicts clearly better.
 """
 
 from __future__ import annotations
@@ -62,21 +67,45 @@ class LawFit:
     draws: tuple = field(default=(), repr=False, compare=False)
     """Bootstrap draws of the two parameters, (log c, k) or (log lr_max, log b_noise): the
     interval of lr at any batch size (:meth:`lr_interval`)."""
+    residuals: tuple = ()
+    """(log B, log(lr* measured / the law)) at each swept batch size when the answer follows
+    the measured optima between them (:func:`corrected`); empty for the law alone."""
 
     @property
     def n_params(self) -> int:
         return 1 if self.name == "rule" else 2
 
+    @property
+    def key(self) -> str:
+        """The law's name in leave-one-out scores: ``saturating`` or, corrected, ``saturating+``."""
+        return self.name + ("+" if self.residuals else "")
+
     def with_shift(self, shift: float) -> "LawFit":
         """The same law in an optimizer LR that carries ``B**shift`` on top of the mean-equivalent
         one (SGD under sum reduction: -1)."""
-        return LawFit(self.name, self.params, self.intervals, shift, self.batch_sizes, self.chi2, self.draws)
+        return LawFit(
+            self.name, self.params, self.intervals, shift, self.batch_sizes, self.chi2, self.draws, self.residuals
+        )
+
+    def correction(self, batch_size: float) -> float:
+        """log of the factor the swept optima put on the law at ``batch_size``: interpolated in
+        log B between swept sizes, fading to nothing over one octave beyond either end."""
+        if not self.residuals:
+            return 0.0
+        xs, rs = (np.asarray(v, dtype=float) for v in zip(*self.residuals))
+        x = math.log(float(batch_size))
+        if x < xs[0]:
+            return float(rs[0] * max(0.0, 1.0 - (xs[0] - x) / math.log(2.0)))
+        if x > xs[-1]:
+            return float(rs[-1] * max(0.0, 1.0 - (x - xs[-1]) / math.log(2.0)))
+        return float(np.interp(x, xs, rs))
 
     def _lr_of(self, a: np.ndarray, b: np.ndarray, batch_size: float) -> np.ndarray:
         logb = math.log(float(batch_size))
+        tail = self.shift * logb + self.correction(batch_size)
         if self.name in ("power", "rule"):
-            return np.exp(a + b * logb + self.shift * logb)
-        return np.exp(a + SHAPES[self.name](np.full_like(b, logb), b) + self.shift * logb)
+            return np.exp(a + b * logb + tail)
+        return np.exp(a + SHAPES[self.name](np.full_like(b, logb), b) + tail)
 
     def lr_interval(self, batch_size: float) -> Optional[tuple[float, float]]:
         """The CI interval of lr at ``batch_size`` over the bootstrap draws (None without them)."""
@@ -93,6 +122,10 @@ class LawFit:
         return self.chi2 + 2 * p + (2 * p * (p + 1) / (n - p - 1) if n > p + 1 else math.inf)
 
     def lr(self, batch_size: float) -> float:
+        return self.law_lr(batch_size) * math.exp(self.correction(batch_size))
+
+    def law_lr(self, batch_size: float) -> float:
+        """The law alone, without the swept optima's correction."""
         if self.name in ("power", "rule"):
             return float(self.params["c"] * batch_size ** (self.params["k"] + self.shift))
         shape = SHAPES[self.name](np.log(float(batch_size)), np.log(self.params["b_noise"]))
@@ -101,15 +134,26 @@ class LawFit:
     @property
     def formula(self) -> str:
         p = self.params
+        fix = " x the swept optima's factor at B (answer.residuals)" if self.residuals else ""
         if self.name in ("power", "rule"):
-            return f"lr = {p['c']:.6g} * batch_size**{p['k'] + self.shift:.3g}"
+            return f"lr = {p['c']:.6g} * batch_size**{p['k'] + self.shift:.3g}{fix}"
         tail = f" / batch_size**{-self.shift:g}" if self.shift else ""
         if self.name == "saturating":
-            return f"lr = {p['lr_max']:.6g} / (1 + {p['b_noise']:.6g} / batch_size){tail}"
+            return f"lr = {p['lr_max']:.6g} / (1 + {p['b_noise']:.6g} / batch_size){tail}{fix}"
         return (
             f"lr = {p['lr_max']:.6g} / (0.5 * (sqrt({p['b_noise']:.6g} / batch_size)"
-            f" + sqrt(batch_size / {p['b_noise']:.6g}))){tail}"
+            f" + sqrt(batch_size / {p['b_noise']:.6g}))){tail}{fix}"
         )
+
+
+def corrected(law: LawFit, optima: Sequence[Optimum]) -> LawFit:
+    """``law`` times the factor by which each swept optimum departs from it, interpolated
+    between swept batch sizes (:meth:`LawFit.correction`): the answer for lr*(B) that bends
+    more sharply than any of the laws (a knee between two swept sizes), when leaving a batch
+    size out shows the departures are shared by neighbours and not noise."""
+    plain = LawFit(law.name, law.params, law.intervals, law.shift, law.batch_sizes, law.chi2, law.draws)
+    rows = tuple((math.log(o.batch_size), math.log(o.lr / plain.lr(o.batch_size))) for o in by_batch(optima))
+    return LawFit(law.name, law.params, law.intervals, law.shift, law.batch_sizes, law.chi2, law.draws, rows)
 
 
 def _fit_shape(shape, logb: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.ndarray):
@@ -126,14 +170,17 @@ def _fit_shape(shape, logb: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.n
 
 LOBO_NAMES = ("rule", "power", "saturating", "surge")
 """The laws in order of preference: a later one is chosen only when it predicts left-out batch
-sizes clearly better (:data:`LOBO_MARGIN`)."""
+sizes clearly better (:data:`LOBO_MARGIN`, :data:`REGRET_FLOOR`)."""
 MIN_FIT = {"rule": 1, "power": 2, "saturating": 3, "surge": 3}
 """Optima a law needs to be fitted (the bending laws: one more than their two parameters)."""
 LOBO_MARGIN = 1.1
-"""A later law of :data:`LOBO_NAMES` replaces an earlier one only when its leave-one-out error
-is below the earlier's divided by this (and by :data:`LOBO_FLOOR` in absolute terms)."""
+"""A later law of :data:`LOBO_NAMES` replaces an earlier one only when its leave-one-out regret
+(or error) is below the earlier's divided by this, and lower by :data:`REGRET_FLOOR` (or
+:data:`LOBO_FLOOR`)."""
 LOBO_FLOOR = math.log(1.05)
 """Leave-one-out errors (in log lr) closer than 5% do not tell laws apart."""
+REGRET_FLOOR = 0.005
+"""Mean leave-one-out regrets closer than half a percent of val loss do not tell laws apart."""
 DRAWS = 200
 """Bootstrap draws a law keeps (and an export writes) for the interval of lr at any batch size."""
 
@@ -220,16 +267,32 @@ class Holdout:
     measured_interval: tuple[float, float]
     predicted: dict
     """law name -> predicted lr*."""
+    curve: tuple = ()
+    """The batch size's U-curve as measured, (log lr, log mean val loss) per LR tried, sorted:
+    what the predicted LR would have cost there (:meth:`regret`)."""
 
     def error(self, law: str) -> float:
         """|log(predicted / measured)| for ``law``."""
         return abs(math.log(self.predicted[law] / self.measured))
 
+    def regret(self, law: str) -> Optional[float]:
+        """Val loss at ``law``'s predicted LR (interpolated on the measured U-curve in log lr,
+        its end values beyond it) over the best measured there, minus 1."""
+        if not self.curve:
+            return None
+        xs, ys = (np.asarray(v, dtype=float) for v in zip(*self.curve))
+        return math.expm1(float(np.interp(math.log(self.predicted[law]), xs, ys)) - float(ys.min()))
 
-def leave_one_out(optima: Sequence[Optimum], names: Sequence[str], rule_k: float = 0.0) -> list[Holdout]:
-    """For every optimum, each law in ``names`` refitted without it and evaluated at its batch
-    size (laws the remaining optima do not suffice for are left out of ``predicted``)."""
+
+def leave_one_out(
+    optima: Sequence[Optimum], names: Sequence[str], rule_k: float = 0.0, curves: Optional[dict] = None
+) -> list[Holdout]:
+    """For every optimum, each law in ``names`` (and each corrected to the others' optima, as
+    ``name+``) refitted without it and evaluated at its batch size (laws the remaining optima
+    do not suffice for are left out of ``predicted``). ``curves``: per batch size its measured
+    U-curve (:attr:`Holdout.curve`), for the regret of each prediction."""
     optima = by_batch(optima)
+    curves = curves or {}
     out = []
     for j, o in enumerate(optima):
         rest = optima[:j] + optima[j + 1 :]
@@ -238,8 +301,18 @@ def leave_one_out(optima: Sequence[Optimum], names: Sequence[str], rule_k: float
             law = fit_law(name, rest, rule_k, n_boot=0)
             if law is not None:
                 predicted[name] = law.lr(o.batch_size)
-        out.append(Holdout(o.batch_size, o.lr, (o.lo, o.hi), predicted))
+                predicted[name + "+"] = corrected(law, rest).lr(o.batch_size)
+        out.append(Holdout(o.batch_size, o.lr, (o.lo, o.hi), predicted, tuple(curves.get(o.batch_size, ()))))
     return out
+
+
+def loo_regret(holdouts: Sequence[Holdout], name: str) -> Optional[float]:
+    """Mean regret of ``name``'s predictions at the left-out batch sizes (None unless every one
+    was predicted and has its U-curve)."""
+    regrets = [h.regret(name) for h in holdouts if name in h.predicted]
+    if len(holdouts) < 2 or len(regrets) < len(holdouts) or any(r is None for r in regrets):
+        return None
+    return sum(r for r in regrets if r is not None) / len(regrets)
 
 
 def loo_score(holdouts: Sequence[Holdout], name: str) -> Optional[float]:
@@ -251,22 +324,47 @@ def loo_score(holdouts: Sequence[Holdout], name: str) -> Optional[float]:
     return math.sqrt(sum(e * e for e in errors) / len(errors))
 
 
-def choose_law(laws: Sequence[LawFit], holdouts: Sequence[Holdout]) -> Optional[LawFit]:
+def choose_law(laws: Sequence[LawFit], holdouts: Sequence[Holdout], optima: Sequence[Optimum] = ()) -> Optional[LawFit]:
     """The law that predicts left-out batch sizes best, preferring the earlier of
     :data:`LOBO_NAMES` unless a later one's error is clearly lower (:data:`LOBO_MARGIN`,
-    :data:`LOBO_FLOOR`). With no leave-one-out score at all: the rule's law (or the first)."""
+    :data:`LOBO_FLOOR`). With no leave-one-out score at all: the rule's law (or the first).
+    Given the ``optima``, the chosen law corrected to them (:func:`corrected`) replaces it when
+    it predicts left-out batch sizes clearly better in turn."""
+    chosen = _choose(laws, holdouts)
+    if chosen is None or not optima:
+        return chosen
+    plain, fixed = criterion(holdouts, chosen.name), criterion(holdouts, chosen.name + "+")
+    if plain is not None and fixed is not None and _clearly_better(fixed, plain, holdouts):
+        return corrected(chosen, optima)
+    return chosen
+
+
+def criterion(holdouts: Sequence[Holdout], name: str) -> Optional[float]:
+    """What a law is chosen by: its mean leave-one-out regret when the holdouts carry their
+    U-curves, else its leave-one-out error in log lr."""
+    if holdouts and all(h.curve for h in holdouts):
+        return loo_regret(holdouts, name)
+    return loo_score(holdouts, name)
+
+
+def _clearly_better(score: float, best: float, holdouts: Sequence[Holdout]) -> bool:
+    floor = REGRET_FLOOR if holdouts and all(h.curve for h in holdouts) else LOBO_FLOOR
+    return score < best / LOBO_MARGIN and best - score > floor
+
+
+def _choose(laws: Sequence[LawFit], holdouts: Sequence[Holdout]) -> Optional[LawFit]:
     if not laws:
         return None
     scored: list[tuple[LawFit, float]] = []
     for law in laws:
-        score = loo_score(holdouts, law.name)
+        score = criterion(holdouts, law.name)
         if score is not None:
             scored.append((law, score))
     if not scored:
         return laws[0]
     chosen, best = scored[0]
     for law, score in scored[1:]:
-        if score < best / LOBO_MARGIN and best - score > LOBO_FLOOR:
+        if _clearly_better(score, best, holdouts):
             chosen, best = law, score
     return chosen
 

@@ -139,10 +139,10 @@ def _lr_star(groups, title, transfers):
         lo_b = min([bs.min()] + [c["batch_size"] for c in checks])
         hi_b = max([bs.max()] + [c["batch_size"] for c in checks])
         grid = np.geomspace(lo_b / 1.3, hi_b * 1.3, 80)
-        chosen = g.chosen.name if g.chosen is not None else None
-        for law in sorted(g.laws, key=lambda law: law.name == chosen):  # the chosen one drawn last, on top
-            mine = law.name == chosen
-            score = g.loo_score(law.name)
+        others = [law for law in g.laws if law is not g.chosen]
+        for law in others + ([g.chosen] if g.chosen is not None else []):  # the answer drawn last, on top
+            mine = law is g.chosen
+            score = g.loo_score(law.key)
             loo = f", LOBO {math.expm1(score):.0%}" if score is not None else ""
             ax.plot(
                 grid,
@@ -151,7 +151,7 @@ def _lr_star(groups, title, transfers):
                 color=LAW_COLORS[law.name],
                 lw=3.0 if mine else 1.0,
                 alpha=1.0 if mine else 0.7,
-                label=("answer: " if mine else "") + _law_label(law) + loo,
+                label=("answer: " if mine else "") + _law_label(law) + (" x optima" if law.residuals else "") + loo,
             )
         if checks:
             ax.plot(

@@ -20,7 +20,7 @@ from services.bench.sweeps import timed_sweep
 
 
 def _tiny(spec):
-    """A toy version for ``--quick``: two batch sizes, 4 LRs, one epoch."""
+    """A toy version for ``--quick``: two batch sizes, 2 LRs, one epoch; checked at B = 32 only."""
     lrs = spec.space.lr_per_sample
     fewer = (
         {o: r.model_copy(update={"grid_points": 2}) for o, r in lrs.items()}
@@ -32,7 +32,7 @@ def _tiny(spec):
         update={
             "space": space,
             "budget": spec.budget.model_copy(update={"epochs": 1}),
-            "transfer": spec.transfer.model_copy(update={"extend": 0, "seeds": [0]}),
+            "transfer": spec.transfer.model_copy(update={"batch_sizes": [32], "extend": 0, "seeds": [0]}),
         }
     )
 

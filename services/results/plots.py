@@ -142,8 +142,14 @@ def _lr_star(groups, title, transfers):
         others = [law for law in g.laws if law is not g.chosen]
         for law in others + ([g.chosen] if g.chosen is not None else []):  # the answer drawn last, on top
             mine = law is g.chosen
-            score = g.loo_score(law.key)
-            loo = f", LOBO {math.expm1(score):.0%}" if score is not None else ""
+            regret, error = g.loo_regret(law.key), g.loo_score(law.key)
+            loo = (
+                f", LOBO regret {regret:.1%}"
+                if regret is not None
+                else f", LOBO error {math.expm1(error):.0%}"
+                if error is not None
+                else ""
+            )
             ax.plot(
                 grid,
                 [law.lr(b) for b in grid],

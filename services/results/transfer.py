@@ -205,8 +205,9 @@ def _pct(x: float) -> str:
 def format_table(transfers: Sequence[Transfer]) -> str:
     """The transfer table: per group and held-out batch size the answered LR, the bracket's best,
     the regret with its interval and the verdict; then each group's verdict."""
+    width = max([len("group")] + [len(t.group) for t in transfers])
     header = (
-        f"{'group':<14} {'B':>6} {'reduction':<9} {'answered lr':>11} {'best lr':>10} {'best':>5} "
+        f"{'group':<{width}} {'B':>5} {'trained':<7} {'answer lr':>10} {'best lr':>10} {'best':>5} "
         f"{'regret':>8} {'interval':>17}  verdict"
     )
     lines = [header, "-" * len(header)]
@@ -221,11 +222,16 @@ def format_table(transfers: Sequence[Transfer]) -> str:
             )
             interval = f"[{_pct(c.interval[0])}, {_pct(c.interval[1])}]"
             lines.append(
-                f"{t.group:<14} {c.batch_size:>6} {c.reduction:<9} {c.answered_lr:>11.4g} {c.best_lr:>10.4g} "
+                f"{t.group:<{width}} {c.batch_size:>5} {c.reduction:<7} {c.answered_lr:>10.4g} {c.best_lr:>10.4g} "
                 f"{factor:>5} {_pct(c.regret):>8} {interval:>17}  {c.verdict}" + (" (edge)" if c.at_edge else "")
             )
     lines.append("")
     lines += [f"{t.group}: {t.verdict}" for t in transfers]
+    if any("+" in t.group for t in transfers):
+        lines.append(
+            "(lr: the mean-equivalent LR, the one a mean-reduced loss takes; pooled reductions train "
+            "identical updates, so each batch size checks one of them)"
+        )
     return "\n".join(lines)
 
 

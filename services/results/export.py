@@ -145,7 +145,6 @@ def _group_docs(
             "optimizer": g.optimizer,
             "reduction": red,
             "schedule": g.schedule,
-            "rule": g.rule,
             "k": lr_exponent(g.optimizer, red, g.rule),
             "pooled_with": [r for r in reductions if r != red],
             "lr_per_sample": g.lr_per_sample,
@@ -198,6 +197,7 @@ def _evidence_doc(g: GroupSummary) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "verdict": g.verdict,
         "rule": {
+            "name": g.rule,
             "k": g.k_meq,
             "k_in": "the mean-equivalent LR (the LR of a mean-reduced loss)",
             "verdict": g.verdict,

@@ -193,6 +193,10 @@ class TransferSpec(_Frozen):
     tolerance: float = Field(default=0.05, gt=0, le=10, allow_inf_nan=False)
     """The regret (val loss at the answered LR over the bracket's best, minus 1) within which
     the answer transfers."""
+    max_seeds: int = Field(default=4, ge=1, le=100)
+    """A check whose regret is above the tolerance but whose interval reaches below it trains
+    its bracket on 2 more seeds at a time, up to this many (default 4): seed noise, not the
+    answer, can put a neighbour ahead on 2 seeds, and compute goes where the verdict is open."""
 
     @model_validator(mode="after")
     def _check(self) -> "TransferSpec":
@@ -204,8 +208,10 @@ class TransferSpec(_Frozen):
             if not 1 <= b <= MAX_BATCH:
                 raise ValueError(f"batch_sizes.{i}: must be between 1 and {MAX_BATCH}, got {b}")
         for i, seed in enumerate(self.seeds):
-            if not 0 <= seed <= MAX_SEED:
-                raise ValueError(f"seeds.{i}: must be between 0 and {MAX_SEED}, got {seed}")
+            if not 0 <= seed <= MAX_SEED - 100:
+                raise ValueError(f"seeds.{i}: must be between 0 and {MAX_SEED - 100}, got {seed}")
+        if self.max_seeds < len(self.seeds):
+            raise ValueError(f"max_seeds: {self.max_seeds} is below the {len(self.seeds)} seeds given")
         return self
 
 

@@ -119,3 +119,20 @@ def test_the_check_trains_exactly_the_answer_times_powers_of_two():
     edge = tr.Transfer(g.name, [tr.score(g.name, 256, "mean", 1.0, points({-1: [1.0], 0: [0.9], 1: [0.8]}), 0.05)])
     (more,) = next_jobs(spec, [g], [edge])
     assert more.factors == (2,) and more.batch_size == 256
+
+
+def test_an_open_verdict_above_the_tolerance_gets_more_seeds_and_a_settled_one_none():
+    (g,) = _sweep()
+    spec = parse_spec(spec_dict(transfer={"max_seeds": 4}))
+    bracket = {-2: [0.3, 0.3], -1: [0.10, 0.10], 0: [0.10, 0.13], 1: [0.3, 0.3]}  # best x1/2, not at the edge
+    noisy = tr.score(g.name, 256, "mean", 1.0, points(bracket), 0.05)
+    assert noisy.verdict == "inconclusive" and noisy.regret > 0.05 and noisy.seed_ids == (0, 1)
+    (more,) = next_jobs(spec, [g], [tr.Transfer(g.name, [noisy])])
+    assert more.factors == (-2, -1, 0, 1) and more.seeds == (2, 3)
+    sub = sub_spec(spec, 256, "mean", [more])
+    assert sub.space.seeds == [2, 3]
+    settled = tr.score(g.name, 256, "mean", 1.0, points({-1: [0.2, 0.2], 0: [0.1, 0.1], 1: [0.3, 0.3]}), 0.05)
+    assert next_jobs(spec, [g], [tr.Transfer(g.name, [settled])]) == []
+    four = [tr.Point(f, s, bracket[f][s % 2]) for f in bracket for s in range(4)]
+    capped = tr.score(g.name, 256, "mean", 1.0, four, 0.05)
+    assert capped.seeds == 4 and next_jobs(spec, [g], [tr.Transfer(g.name, [capped])]) == []

@@ -6,7 +6,9 @@ one small grid sweep trains every group's answered LR x 2**-octaves .. x 2**octa
 check's seeds, with the sweep's workload, budget and rules (so the LR is exactly the answer's).
 Pooled reductions train identical updates, so each batch size checks one of them in turn.
 Then, while a check's best LR is the bracket's outermost (up to ``transfer.extend`` rounds),
-one more factor of 2 is trained on that side. :mod:`services.results.transfer` scores it.
+one more factor of 2 is trained on that side; and where the regret is above the tolerance
+but its interval reaches below it, the bracket gets 2 more seeds (up to ``transfer.max_seeds``).
+:mod:`services.results.transfer` scores it.
 
 Running it again checks only what is missing for the current answer: a finished check is
 read back from MLflow, not trained twice.
@@ -33,12 +35,14 @@ from services.tracking.store import PARENT_TAG
 
 @dataclass(frozen=True)
 class Job:
-    """Train ``factors`` (log2 of LR / answer) for ``group`` at ``batch_size`` under ``reduction``."""
+    """Train ``factors`` (log2 of LR / answer) for ``group`` at ``batch_size`` under ``reduction``,
+    on ``seeds`` (default the check's)."""
 
     group: GroupSummary
     batch_size: int
     reduction: str
     factors: tuple[int, ...]
+    seeds: tuple[int, ...] = ()
 
 
 def checked_groups(groups: list[GroupSummary], spec: SweepSpec) -> list[GroupSummary]:
@@ -90,7 +94,7 @@ def sub_spec(spec: SweepSpec, batch_size: int, reduction: str, jobs: list[Job]) 
         optimizers=[j.group.optimizer for j in jobs],
         rules={j.group.optimizer: j.group.rule for j in jobs},
         schedules=[jobs[0].group.schedule],
-        seeds=list(spec.transfer.seeds),
+        seeds=list(jobs[0].seeds or spec.transfer.seeds),
         lr_per_sample=lr_ranges,
         interleave=False,
     )
@@ -109,15 +113,22 @@ def read_checks(client, sweep_parent, groups: list[GroupSummary], tolerance: flo
 
 
 def next_jobs(spec: SweepSpec, groups: list[GroupSummary], transfers: list[tr.Transfer]) -> list[Job]:
-    """One more factor of 2 outwards where a check's best LR is at its bracket's edge."""
+    """One more factor of 2 outwards where a check's best LR is at its bracket's edge; else, where
+    its regret is above the tolerance but its interval reaches below it, the bracket on 2 more
+    seeds (up to ``transfer.max_seeds``)."""
     by_name = {g.name: g for g in groups}
     limit = spec.transfer.octaves + spec.transfer.extend
     jobs = []
     for t in transfers:
         for c in t.checks:
+            g = by_name[t.group]
             if c.at_edge and abs(c.best_factor) < limit:
                 step = c.best_factor + (1 if c.best_factor > 0 else -1)
-                jobs.append(Job(by_name[t.group], c.batch_size, c.reduction, (step,)))
+                jobs.append(Job(g, c.batch_size, c.reduction, (step,), c.seed_ids))
+            elif c.verdict == "inconclusive" and c.regret > c.tolerance and c.seeds < spec.transfer.max_seeds:
+                more = min(2, spec.transfer.max_seeds - c.seeds)
+                start = max(c.seed_ids) + 1 if c.seed_ids else 0
+                jobs.append(Job(g, c.batch_size, c.reduction, tuple(c.factors), tuple(range(start, start + more))))
     return jobs
 
 
@@ -127,9 +138,9 @@ def _run_jobs(spec, spec_path, jobs, uri, parent_id, stream) -> int:
 
     buckets: dict[tuple, list[Job]] = {}
     for job in jobs:
-        buckets.setdefault((job.batch_size, job.reduction, len(job.factors)), []).append(job)
+        buckets.setdefault((job.batch_size, job.reduction, len(job.factors), job.seeds), []).append(job)
     trials = 0
-    for (b, red, _), bucket in sorted(buckets.items()):
+    for (b, red, _, _), bucket in sorted(buckets.items()):
         sub = sub_spec(spec, b, red, bucket)
         tags = {
             m.TAG_ROLE: "transfer",
@@ -175,7 +186,7 @@ def run_transfer(
     started = init_ray(ray_address if ray_address is not None else paths.ray_address())
     t0, trials = time.monotonic(), 0
     try:
-        for _ in range(spec.transfer.extend + 1):
+        for _ in range(spec.transfer.extend + spec.transfer.max_seeds + 1):  # each round ends one open question
             if not jobs:
                 break
             trials += _run_jobs(spec, spec_path, jobs, uri, parent.info.run_id, stream)

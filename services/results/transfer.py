@@ -88,6 +88,8 @@ class Check:
     verdict: str
     """'within', 'fails' or 'inconclusive' (against ``tolerance``)."""
     tolerance: float
+    seed_ids: tuple[int, ...] = ()
+    """The training seeds compared (every factor has each)."""
 
     @property
     def best_lr(self) -> float:
@@ -156,6 +158,7 @@ def score(
         at_edge,
         verdict,
         tolerance,
+        tuple(seeds),
     )
 
 

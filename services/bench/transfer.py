@@ -32,7 +32,9 @@ def _tiny(spec):
         update={
             "space": space,
             "budget": spec.budget.model_copy(update={"epochs": 1}),
-            "transfer": spec.transfer.model_copy(update={"batch_sizes": [32], "extend": 0, "seeds": [0]}),
+            "transfer": spec.transfer.model_copy(
+                update={"batch_sizes": [32], "extend": 0, "seeds": [0], "max_seeds": 1}
+            ),
         }
     )
 
@@ -47,7 +49,13 @@ def _checked(spec, store: Path, db: str):
 
     uri = f"sqlite:///{store / db}"
     _, _, outcome = timed_sweep(spec, store, uri, track=True)
-    transfers, report = run_transfer(spec, tracking_uri=uri, parent_run_id=outcome.parent_run_id, stream=io.StringIO())
+    transfers, report = run_transfer(
+        spec,
+        tracking_uri=uri,
+        parent_run_id=outcome.parent_run_id,
+        stream=io.StringIO(),
+        storage_path=str(store / "ray"),
+    )
     client = client_for(uri)
     parent = find_parent_run(client, spec.name, outcome.parent_run_id)
     records = load_records(client, parent)

@@ -132,7 +132,7 @@ def next_jobs(spec: SweepSpec, groups: list[GroupSummary], transfers: list[tr.Tr
     return jobs
 
 
-def _run_jobs(spec, spec_path, jobs, uri, parent_id, stream) -> int:
+def _run_jobs(spec, spec_path, jobs, uri, parent_id, stream, storage_path=None) -> int:
     """One grid sweep per (batch size, reduction, bracket size); returns the trials run."""
     from services.orchestration.runner import run_sweep
 
@@ -150,7 +150,9 @@ def _run_jobs(spec, spec_path, jobs, uri, parent_id, stream) -> int:
             m.TAG_TRANSFER_ANSWERS: json.dumps({j.group.name: answered(j.group, b) for j in bucket}),
             m.TAG_RUN_NAME: f"transfer-B{b}",
         }
-        run_sweep(sub, spec_path=spec_path, tracking_uri=uri, stream=stream, parent_tags=tags)
+        run_sweep(
+            sub, spec_path=spec_path, tracking_uri=uri, stream=stream, parent_tags=tags, storage_path=storage_path
+        )
         trials += sub.num_trials
     return trials
 
@@ -163,6 +165,7 @@ def run_transfer(
     ray_address: Optional[str] = None,
     parent_run_id: Optional[str] = None,
     stream: Optional[IO[str]] = None,
+    storage_path: Optional[str] = None,
 ) -> tuple[list[tr.Transfer], str]:
     """Run what is missing of the sweep's transfer check; returns the scored checks and the
     report (the transfer table and what it cost next to the sweep)."""
@@ -189,7 +192,7 @@ def run_transfer(
         for _ in range(spec.transfer.extend + spec.transfer.max_seeds + 1):  # each round ends one open question
             if not jobs:
                 break
-            trials += _run_jobs(spec, spec_path, jobs, uri, parent.info.run_id, stream)
+            trials += _run_jobs(spec, spec_path, jobs, uri, parent.info.run_id, stream, storage_path)
             transfers = read_checks(client, parent, groups, tol)
             jobs = next_jobs(spec, groups, transfers)
     finally:

@@ -152,8 +152,31 @@ def shutdown_ray() -> None:
         _reaper = None
 
 
+class _Unhelpful(logging.Filter):
+    """Drops Ray's log lines that tell a samplewise user nothing: the notice that the local Ray
+    samplewise starts uses token authentication, and Optuna's complaint when a grid runs out."""
+
+    NOISE = ("Token authentication is enabled for this Ray cluster", "`Study.stop` is supposed to be invoked")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not any(noise in message for noise in self.NOISE)
+
+
+def quiet_ray() -> None:
+    """Keep Ray's and Tune's banners off the terminal: Tune's experiment box and its "View
+    detailed results" and TensorBoard hints (its legacy reporter, silent at verbose 0), and the
+    log lines :class:`_Unhelpful` names. The progress lines and the result table are samplewise's."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune.search.optuna.optuna_search"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Unhelpful) for f in logger.filters):
+            logger.addFilter(_Unhelpful())
+
+
 def init_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray; returns whether this call started it."""
+    quiet_ray()
     _memory_kills_fail_trials()
     if ray.is_initialized():
         return False

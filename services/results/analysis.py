@@ -484,8 +484,8 @@ def format_table(groups: list[GroupSummary]) -> str:
         b = g.best
         acc = f"{b.val_accuracy:.3f}" if b.val_accuracy is not None else "-"
         edge = f"  <- at the {g.range_edge} edge" if g.range_edge else ""
-        lines.append(
-            f"{lead}{b.lr_per_sample:>11.3e} {g.k:>4g} {b.batch_size:>6} "
+        lines.append(  # k of the best trial's own reduction: lr = c * B**k on this line
+            f"{lead}{b.lr_per_sample:>11.3e} {b.k:>4g} {b.batch_size:>6} "
             f"{b.lr:>9.3e} {b.val_loss:>9.4f} {acc:>7}  {trials}{edge}"
         )
     lines.append("")

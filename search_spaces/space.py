@@ -27,9 +27,13 @@ class FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
 
+MAX_LR = 1e4
+"""The largest LR per sample (or LR) a range may name: past it every trial diverges at once."""
+
+
 class LogRange(FrozenModel):
-    low: float = Field(gt=0, allow_inf_nan=False)
-    high: float = Field(gt=0, allow_inf_nan=False)
+    low: float = Field(gt=0, allow_inf_nan=False, le=MAX_LR)
+    high: float = Field(gt=0, allow_inf_nan=False, le=MAX_LR)
     grid_points: int = Field(default=5, ge=1, le=10_000)
     """Log-spaced values between low and high, both included, for the grid searcher."""
 

@@ -22,6 +22,25 @@ from services.errors import SpecError
 MAX_TRIALS = 1_000_000
 
 
+def _not_json(value: Any, path: str = "") -> Optional[tuple[str, Any]]:
+    """(where, the value) of the first part of ``value`` that is not plain JSON, or None."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, list):
+        return next((w for i, v in enumerate(value) if (w := _not_json(v, f"{path}.{i}")) is not None), None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return (path, k)
+            w = _not_json(v, f"{path}.{k}")
+            if w is not None:
+                return w
+        return None
+    return (path, value)
+
+
 class WorkloadSpec(_Frozen):
     name: Optional[str] = Field(default=None, min_length=1, max_length=200)
     """A built-in workload (digits_mlp, mnist1d_mlp, mnist1d_cnn) or ``package.module:function``
@@ -32,7 +51,8 @@ class WorkloadSpec(_Frozen):
     reports through ``ctx`` (see services.training.context)."""
     params: dict[str, Any] = {}
     """Keyword arguments of the workload function (model width, data size, ...); for a ``train``
-    loop, what it finds in ``ctx.params``."""
+    loop, what it finds in ``ctx.params``. Numbers, strings, booleans, null, and lists or
+    mappings of them (they travel as JSON to every trial)."""
     loss_unit: Optional[Literal["sample", "item"]] = None
     """For a ``train`` loop: what its reported losses are per, "sample" (the default) or "item"
     (tokens: a loop whose ``ctx.reduce`` counts items). A workload function says it itself
@@ -40,6 +60,14 @@ class WorkloadSpec(_Frozen):
 
     @model_validator(mode="after")
     def _one(self) -> "WorkloadSpec":
+        for key, value in self.params.items():
+            where = _not_json(value)
+            if where is not None:
+                path, bad = where
+                raise ValueError(
+                    f"params.{cut(str(key))}{path}: {short(bad)} is a {type(bad).__name__}; params are numbers, "
+                    "strings, booleans, null, or lists and mappings of them"
+                )
         if self.loss_unit is not None and self.train is None:
             raise ValueError(
                 f"loss_unit: {self.loss_unit!r} is for a workload.train loop; a workload function sets "
@@ -354,10 +382,11 @@ def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a YAML sweep spec; raise :class:`SpecError` on any problem."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(f"{path}: {size} bytes; a spec is at most {MAX_SPEC_BYTES} bytes")
-        text = path.read_text()
+        with path.open("rb") as f:  # bounded: a device or a pipe reports no size of its own
+            raw = f.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: more than {MAX_SPEC_BYTES} bytes; a spec is at most {MAX_SPEC_BYTES} bytes")
+        text = raw.decode()
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -82,11 +82,28 @@ CASES = {
         _spec(workload={"name": "digits_mlp", "params": {"widht": 3}}),
         ["workload.params.widht", "unexpected"],
     ),
-    "workload that raises": (
-        _spec(workload={"name": "digits_mlp", "params": {"hidden": -3}}),
+    "workload that raises": (  # a plug-in without bounds of its own passes -3 on to digits_mlp
+        _spec(workload={"name": "tests.plugin_workloads:typed", "params": {"hidden": -3}}),
         ["workload:", "fail on 2 training samples"],
     ),
     "more CPUs than the machine": (_spec(resources={"cpus_per_trial": 4096}), ["resources.cpus_per_trial"]),
+    "hidden 0": (_spec(workload={"name": "digits_mlp", "params": {"hidden": 0}}), ["workload.params.hidden"]),
+    "hidden 1e12": (_spec(workload={"name": "digits_mlp", "params": {"hidden": 10**12}}), ["workload.params.hidden"]),
+    "depth -1": (_spec(workload={"name": "digits_mlp", "params": {"depth": -1}}), ["workload.params.depth"]),
+    "data_seed -1": (
+        _spec(workload={"name": "digits_mlp", "params": {"data_seed": -1}}),
+        ["workload.params.data_seed"],
+    ),
+    "no training data": (
+        _spec(workload={"name": "digits_mlp", "params": {"val_fraction": 1.0}}),
+        ["workload.params.val_fraction"],
+    ),
+    "a YAML date as a param": (VALID.replace("hidden: 16", "hidden: 2024-01-01"), ["workload.params.hidden", "date"]),
+    "a YAML binary as a param": (VALID.replace("hidden: 16", "hidden: !!binary aGVsbG8="), ["workload.params.hidden"]),
+    "lr_per_sample high 1e308": (
+        _spec(space={**spec_dict()["space"], "lr_per_sample": {"low": 1e-4, "high": 1e308}}),
+        ["lr_per_sample", "high"],
+    ),
     "transfer at a swept batch size": (_spec(transfer={"batch_sizes": [16, 24]}), ["transfer.batch_sizes", "16"]),
     "transfer tolerance 0": (_spec(transfer={"tolerance": 0}), ["transfer.tolerance"]),
     "transfer seeds repeated": (_spec(transfer={"seeds": [1, 1]}), ["seeds", "duplicate"]),
@@ -126,3 +143,18 @@ def test_sweep_rejects_what_validate_rejects_before_running_anything(case, tmp_p
     assert status == 2, err[:500]
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "m.db").exists(), "a rejected spec must start nothing"
+
+
+def test_a_spec_read_from_a_device_is_bounded(tmp_path, monkeypatch):
+    """/dev/zero reports a size of 0 and never ends: the read stops at the limit."""
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    tracemalloc.start()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            status = cli.main(["validate", "/dev/zero"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 2 and "at most 1000000 bytes" in err.getvalue() and len(err.getvalue().splitlines()) == 1
+    assert peak < 50e6

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional
+from typing import Annotated, Any, Callable, Literal, Mapping, NamedTuple, Optional
 
 import pydantic
 import torch
@@ -114,6 +114,19 @@ class Workload:
         return dataclasses.replace(self, **moved)
 
 
+# The built-in workloads' params, bounded so a spec that asks for no model or no data is refused
+# with the field named (workload.params is checked against these annotations, see _check_params)
+Width = Annotated[int, pydantic.Field(ge=1, le=100_000)]
+"""Units, channels or embedding width."""
+Depth = Annotated[int, pydantic.Field(ge=1, le=1_000)]
+"""Hidden layers or blocks."""
+Seed = Annotated[int, pydantic.Field(ge=0, le=2**32 - 1)]
+Fraction = Annotated[float, pydantic.Field(gt=0, lt=1)]
+"""A share of the data held out (validation, test): some of it, never all."""
+Count = Annotated[int, pydantic.Field(ge=100, le=10_000_000)]
+"""Samples or characters to build."""
+
+
 def all_items(targets: torch.Tensor) -> torch.Tensor:
     """``Workload.items`` for a per-item loss where every item counts (no padding)."""
     return torch.ones_like(targets, dtype=torch.bool)
@@ -142,7 +155,11 @@ def _split(x, y, val_fraction: float, seed: int):
 
 
 def digits_mlp(
-    hidden: int = 64, depth: int = 1, val_fraction: float = 0.2, test_fraction: float = 0.2, data_seed: int = 0
+    hidden: Width = 64,
+    depth: Depth = 1,
+    val_fraction: Fraction = 0.2,
+    test_fraction: Fraction = 0.2,
+    data_seed: Seed = 0,
 ) -> Workload:
     """MLP on scikit-learn's 8x8 digits (1,797 images, ships with the package): 60% train,
     20% validation, 20% test."""
@@ -199,7 +216,7 @@ def _mnist1d_splits(num_samples: int, data_seed: int, val_fraction: float) -> di
 
 
 def mnist1d_mlp(
-    hidden: int = 100, depth: int = 2, num_samples: int = 5000, data_seed: int = 42, val_fraction: float = 0.2
+    hidden: Width = 100, depth: Depth = 2, num_samples: Count = 5000, data_seed: Seed = 42, val_fraction: Fraction = 0.2
 ) -> Workload:
     """MLP on MNIST-1D (published test accuracy ~68%); validates on a split of the training data."""
     return Workload(
@@ -232,7 +249,7 @@ class _Conv1dNet(nn.Module):
 
 
 def mnist1d_cnn(
-    channels: int = 25, num_samples: int = 5000, data_seed: int = 42, val_fraction: float = 0.2
+    channels: Width = 25, num_samples: Count = 5000, data_seed: Seed = 42, val_fraction: Fraction = 0.2
 ) -> Workload:
     """1-D CNN on MNIST-1D (published test accuracy ~94%); validates on a split of the training data."""
     return Workload(
@@ -243,12 +260,12 @@ def mnist1d_cnn(
 
 
 def charlm_gpt(
-    block_size: int = 64,
-    n_layer: int = 2,
-    n_head: int = 4,
-    n_embd: int = 64,
-    corpus_chars: int = 300_000,
-    val_fraction: float = 0.1,
+    block_size: Width = 64,
+    n_layer: Depth = 2,
+    n_head: Depth = 4,
+    n_embd: Width = 64,
+    corpus_chars: Count = 300_000,
+    val_fraction: Fraction = 0.1,
 ) -> Workload:
     """A character-level GPT (:mod:`services.training.charlm`) on Python's own standard-library
     source, built locally: one loss per token (``items``; every window holds ``block_size``)."""

@@ -52,6 +52,7 @@ def test_transfer_trains_the_answer_at_a_held_out_batch_size(tmp_path, ray_sessi
 
     assert cli.main(["export", str(path), "--no-test"]) == 0
     doc = json.loads((tmp_path / "exports" / "transfer_smoke.json").read_text())
+    assert "&id" not in (tmp_path / "exports" / "transfer_smoke.yaml").read_text()  # no YAML anchors
     for const in doc["constants"]:
         assert const["trials"]["total"] == 2 * 2 * 2  # batch sizes x LRs x reductions: the check's are not
         (row,) = const["transfer"]["checks"]

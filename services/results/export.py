@@ -21,7 +21,6 @@ Both files are also logged as artifacts of the sweep's parent run.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -139,7 +138,7 @@ def _group_docs(
     reductions = g.reductions or (g.reduction,)
     docs = []
     for red in reductions:
-        evidence = copy.deepcopy(_evidence_doc(g))  # every constant its own (no YAML anchors)
+        evidence = _evidence_doc(g)
         answer = _answer_doc(g, red)
         doc: dict[str, Any] = {
             "optimizer": g.optimizer,
@@ -322,8 +321,10 @@ def write_export(doc: dict[str, Any], out_dir: Path, client: "MlflowClient | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{doc['sweep']}.json"
     yaml_path = out_dir / f"{doc['sweep']}.yaml"
-    json_path.write_text(json.dumps(doc, indent=2) + "\n")
-    yaml_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    text = json.dumps(doc, indent=2) + "\n"
+    json_path.write_text(text)
+    # from the JSON, so no value is shared between constants: YAML would write anchors (&id001) for those
+    yaml_path.write_text(yaml.safe_dump(json.loads(text), sort_keys=False))
     if client is not None:
         for path in (json_path, yaml_path):
             client.log_artifact(doc["parent_run_id"], str(path), artifact_path="export")

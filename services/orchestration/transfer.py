@@ -105,13 +105,6 @@ def sub_spec(spec: SweepSpec, batch_size: int, reduction: str, jobs: list[Job]) 
     return parse_spec(doc, f"transfer check at B = {batch_size}")
 
 
-def read_checks(client, sweep_parent, groups: list[GroupSummary], tolerance: float) -> list[tr.Transfer]:
-    """Every check run under ``sweep_parent`` for the groups' current answers, scored."""
-    from services.results.records import transfer_runs
-
-    return tr.collect(groups, transfer_runs(client, sweep_parent), tolerance)
-
-
 def next_jobs(spec: SweepSpec, groups: list[GroupSummary], transfers: list[tr.Transfer]) -> list[Job]:
     """One more factor of 2 outwards where a check's best LR is at its bracket's edge; else, where
     its regret is above the tolerance but its interval reaches below it, the bracket on 2 more
@@ -170,7 +163,7 @@ def run_transfer(
     """Run what is missing of the sweep's transfer check; returns the scored checks and the
     report (the transfer table and what it cost next to the sweep)."""
     from services.orchestration.runner import init_ray, shutdown_ray
-    from services.results.records import find_parent_run, load_records
+    from services.results.records import find_parent_run, load_records, read_transfers
     from services.tracking.store import client_for
 
     stream = stream or sys.stdout
@@ -183,7 +176,7 @@ def run_transfer(
         raise ExportError(f"sweep {spec.name!r}: no group has an answer to check; run the sweep first")
     sizes = batch_sizes(spec, groups)
     tol = spec.transfer.tolerance
-    transfers = read_checks(client, parent, groups, tol)
+    transfers = read_transfers(client, parent, groups, tol)
     done = {(t.group, c.batch_size) for t in transfers for c in t.checks}
     jobs = [j for j in first_jobs(spec, groups, sizes) if (j.group.name, j.batch_size) not in done]
     started = init_ray(ray_address if ray_address is not None else paths.ray_address())
@@ -193,7 +186,7 @@ def run_transfer(
             if not jobs:
                 break
             trials += _run_jobs(spec, spec_path, jobs, uri, parent.info.run_id, stream, storage_path)
-            transfers = read_checks(client, parent, groups, tol)
+            transfers = read_transfers(client, parent, groups, tol)
             jobs = next_jobs(spec, groups, transfers)
     finally:
         if started:
@@ -203,16 +196,20 @@ def run_transfer(
     return transfers, report
 
 
+def _trials(transfers: list[tr.Transfer]) -> int:
+    """Trials the scored checks rest on: every LR of every bracket on every seed compared."""
+    return sum(len(c.losses) * c.seeds for t in transfers for c in t.checks)
+
+
 def samples_share(parent, records, transfers: list[tr.Transfer]) -> float:
     """The samples the check of the current answer trains over those the sweep trained."""
     budget = int(parent.data.tags.get(m.TAG_BUDGET_SAMPLES, 0))
-    checked = sum(len(c.losses) * c.seeds for t in transfers for c in t.checks)
-    return checked * budget / (sum(r.samples_seen for r in records) or 1)
+    return _trials(transfers) * budget / (sum(r.samples_seen for r in records) or 1)
 
 
 def _cost(parent, records, transfers: list[tr.Transfer], trials: int, wall: float) -> str:
     """What the check of the current answer cost next to the sweep, in trials and samples."""
-    checked = sum(len(c.losses) * c.seeds for t in transfers for c in t.checks)
+    checked = _trials(transfers)
     sweep_wall = (parent.info.end_time - parent.info.start_time) / 1000 if parent.info.end_time else math.nan
     line = (
         f"transfer check: {checked} trials, {samples_share(parent, records, transfers):.0%} of the samples the sweep's "

@@ -166,7 +166,7 @@ class GroupSummary:
     @property
     def key(self) -> tuple[str, str, str]:
         """The :func:`analysis_key` of the group's trials."""
-        return (self.optimizer, "*" if len(self.reductions) > 1 or pooled(self.rule) else self.reduction, self.schedule)
+        return _key(self.optimizer, self.reduction, self.rule, self.schedule)
 
     @property
     def k_meq(self) -> float:
@@ -434,9 +434,13 @@ def summarize_group(members: list[TrialRecord], lr_range: Optional[tuple[float, 
     )
 
 
+def _key(optimizer: str, reduction: str, rule: str, schedule: str) -> tuple[str, str, str]:
+    return (optimizer, "*" if pooled(rule) else reduction, schedule)
+
+
 def analysis_key(record: TrialRecord) -> tuple[str, str, str]:
     """(optimizer, reduction or '*' when the rule pools the reductions, schedule)."""
-    return (record.optimizer, "*" if pooled(record.rule) else record.reduction, record.schedule)
+    return _key(record.optimizer, record.reduction, record.rule, record.schedule)
 
 
 def summarize(

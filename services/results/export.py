@@ -37,8 +37,8 @@ from services.errors import ExportError
 from services.results.analysis import GroupSummary, TrialRecord, edge_warning, summarize
 from services.results.fit import CI
 from services.results.laws import LOBO_MARGIN, REGRET_FLOOR, LawFit
-from services.results.records import best_histories, find_parent_run, load_records, sweep_spec, transfer_runs
-from services.results.transfer import Transfer, collect
+from services.results.records import best_histories, find_parent_run, load_records, read_transfers, sweep_spec
+from services.results.transfer import Transfer
 from services.tracking.store import client_for
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ def build_export(
     groups = summarize(records, spec.space.lr_ranges() if spec else None) if groups is None else groups
     tests = tests or {}
     if transfers is None:
-        transfers = read_transfers(client, parent, groups, spec)
+        transfers = read_transfers(client, parent, groups, _tolerance(spec))
     by_group = {t.group: t for t in transfers}
     return {
         "samplewise_export": EXPORT_VERSION,
@@ -307,13 +307,11 @@ def build_export(
     }
 
 
-def read_transfers(client: "MlflowClient", parent: "Run", groups: list[GroupSummary], spec) -> list[Transfer]:
-    """The transfer checks run under ``parent`` for the groups' current answers, scored with the
-    spec's tolerance."""
+def _tolerance(spec) -> float:
+    """The regret within which an answer transfers: the sweep's spec's, else the default."""
     from services.spec import TransferSpec
 
-    tolerance = (spec.transfer if spec is not None else TransferSpec()).tolerance
-    return collect(groups, transfer_runs(client, parent), tolerance)
+    return (spec.transfer if spec is not None else TransferSpec()).tolerance
 
 
 def write_export(doc: dict[str, Any], out_dir: Path, client: "MlflowClient | None" = None) -> list[Path]:
@@ -359,7 +357,7 @@ def export_sweep(
                 result = test_best(client, spec, g.best)
                 if result is not None:
                     tests[g.name] = result
-    transfers = read_transfers(client, parent, groups, spec)
+    transfers = read_transfers(client, parent, groups, _tolerance(spec))
     doc = build_export(client, sweep, records=records, groups=groups, parent=parent, tests=tests, transfers=transfers)
     files = write_export(doc, out_dir, client)
     if plots:

@@ -23,6 +23,7 @@ shows the correction predicts clearly better.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -83,9 +84,7 @@ class LawFit:
     def with_shift(self, shift: float) -> "LawFit":
         """The same law in an optimizer LR that carries ``B**shift`` on top of the mean-equivalent
         one (SGD under sum reduction: -1)."""
-        return LawFit(
-            self.name, self.params, self.intervals, shift, self.batch_sizes, self.chi2, self.draws, self.residuals
-        )
+        return dataclasses.replace(self, shift=shift)
 
     def correction(self, batch_size: float) -> float:
         """log of the factor the swept optima put on the law at ``batch_size``: interpolated in
@@ -115,11 +114,6 @@ class LawFit:
         lo, hi = np.quantile(self._lr_of(a, b, batch_size), [(1 - CI) / 2, 1 - (1 - CI) / 2])
         center = self.lr(batch_size)
         return float(min(lo, center)), float(max(hi, center))
-
-    @property
-    def aicc(self) -> float:
-        n, p = len(self.batch_sizes), self.n_params
-        return self.chi2 + 2 * p + (2 * p * (p + 1) / (n - p - 1) if n > p + 1 else math.inf)
 
     def lr(self, batch_size: float) -> float:
         return self.law_lr(batch_size) * math.exp(self.correction(batch_size))
@@ -151,9 +145,8 @@ def corrected(law: LawFit, optima: Sequence[Optimum]) -> LawFit:
     between swept batch sizes (:meth:`LawFit.correction`): the answer for lr*(B) that bends
     more sharply than any of the laws (a knee between two swept sizes), when leaving a batch
     size out shows the departures are shared by neighbours and not noise."""
-    plain = LawFit(law.name, law.params, law.intervals, law.shift, law.batch_sizes, law.chi2, law.draws)
-    rows = tuple((math.log(o.batch_size), math.log(o.lr / plain.lr(o.batch_size))) for o in by_batch(optima))
-    return LawFit(law.name, law.params, law.intervals, law.shift, law.batch_sizes, law.chi2, law.draws, rows)
+    rows = tuple((math.log(o.batch_size), math.log(o.lr / law.law_lr(o.batch_size))) for o in by_batch(optima))
+    return dataclasses.replace(law, residuals=rows)
 
 
 def _fit_shape(shape, logb: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.ndarray):

@@ -121,6 +121,14 @@ def transfer_runs(client: "MlflowClient", parent: "Run") -> list[tuple[int, dict
     return out
 
 
+def read_transfers(client: "MlflowClient", parent: "Run", groups: list[GroupSummary], tolerance: float) -> list:
+    """The transfer checks run under ``parent`` for the groups' current answers, scored
+    (:func:`services.results.transfer.collect`)."""
+    from services.results.transfer import collect
+
+    return collect(groups, transfer_runs(client, parent), tolerance)
+
+
 def sweep_spec(client: "MlflowClient", parent: "Run"):
     """The spec the sweep ran with (its parent run's ``spec.yaml``), or None if unreadable."""
     import os

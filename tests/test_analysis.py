@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from search_spaces.scaling import derive
-from services.results.analysis import TrialRecord, format_table, summarize
+from services.results.analysis import TrialRecord, summarize
+from services.results.table import format_table
 
 BATCHES = (8, 16, 32, 64, 128, 256)
 GRID = np.geomspace(1e-4, 1e-1, 13)

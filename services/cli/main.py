@@ -43,7 +43,8 @@ def cmd_validate(args) -> int:
 
 def _summary(outcome, args, spec) -> int:
     from services.results import records
-    from services.results.analysis import format_outcomes, format_table, summarize
+    from services.results.analysis import summarize
+    from services.results.table import format_outcomes, format_table
     from services.tracking import store
 
     client = store.client_for(outcome.tracking_uri)
@@ -165,7 +166,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_lr(args) -> int:
-    from services.results.export import lr_lookup, lr_notes, read_export
+    from services.results.lookup import lr_lookup, lr_notes, read_export
 
     doc = read_export(args.export)
     lr, const, warnings = lr_lookup(doc, args.batch_size, args.optimizer, args.reduction, args.schedule)

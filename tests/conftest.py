@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from mlflow.tracking import MlflowClient
 
 from services.cli import main as cli
@@ -18,6 +19,37 @@ def cli_env(**extra: str) -> dict:
 
 
 SWEEPS = ROOT / "sweeps"
+
+# Hypothesis keeps its example database in ./.hypothesis by default; the suite writes only to
+# temporary folders (a guard below checks the checkout after the run).
+settings.register_profile("samplewise", database=None)
+settings.load_profile("samplewise")
+
+
+def _checkout_entries() -> set[str]:
+    return {p.name for p in ROOT.iterdir()}
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_BEFORE] = _checkout_entries()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a test left a new file or folder at the top of the checkout (an
+    ``mlruns/``, an MLflow database, exports): tests write only under their temporary folders."""
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None:
+        return
+    left = sorted(_checkout_entries() - before)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"tests left new entries in the checkout {ROOT}: {', '.join(left)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set]()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -121,3 +121,19 @@ def test_a_run_created_just_before_the_driver_died_gets_its_params_when_resumed(
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["lr_per_sample"] == str(CONFIG["lr_per_sample"]) and run.data.params["workload"]
+
+
+def test_artifacts_of_a_local_store_go_beside_its_database_not_into_the_working_folder(tmp_path, monkeypatch):
+    """MLflow's own default artifact root is ``./mlruns`` in the process's folder: a tracker opened
+    from anywhere (a test, a notebook) would leave one there."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    store = tmp_path / "store"
+    store.mkdir()
+    tracker = _tracker(f"sqlite:///{store / 'mlflow.db'}", "/ray/smoke-1")
+    tracker.wait_open()
+    tracker.close()
+    experiment = MlflowClient(f"sqlite:///{store / 'mlflow.db'}").get_experiment(tracker.experiment_id)
+    assert experiment.artifact_location == (store / "mlartifacts" / "smoke").as_uri()
+    assert list(cwd.iterdir()) == []

@@ -100,7 +100,6 @@ class MlflowTracker(tune.Callback):
         *,
         spec_path: str = "",
         parent_tags: Mapping[str, str] | None = None,
-        artifact_location: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.spec = spec
@@ -108,12 +107,12 @@ class MlflowTracker(tune.Callback):
         self._parent_tags = dict(parent_tags or {})
         self._opened = threading.Event()
         self._setup(None, None)
-        self._writer.submit(self._open, spec_path, artifact_location)
+        self._writer.submit(self._open, spec_path)
 
-    def _open(self, spec_path: str, artifact_location: str | None) -> None:
+    def _open(self, spec_path: str) -> None:
         """The writer's first job: the experiment and the parent run."""
         try:
-            self._unless_failed(self.runs.open, spec_path, self._parent_tags, artifact_location)
+            self._unless_failed(self.runs.open, spec_path, self._parent_tags)
         finally:
             self._opened.set()
 

@@ -73,10 +73,10 @@ class SweepRuns:
 
     # -- the submission ------------------------------------------------------------------------
 
-    def open(self, spec_path: str, parent_tags: dict[str, str], artifact_location: str | None) -> None:
+    def open(self, spec_path: str, parent_tags: dict[str, str]) -> None:
         """Create (or find) the sweep's experiment and start the submission's parent run."""
         try:
-            self.experiment_id = ensure_experiment(self.client, self.sweep, artifact_location)
+            self.experiment_id = ensure_experiment(self.client, self.sweep)
             self.parent_run_id = start_parent_run(self.client, self.experiment_id, self.spec, spec_path, parent_tags)
         except TrackingError:
             raise

@@ -110,13 +110,19 @@ def check_store(uri: str, timeout_s: float = 5.0, create: bool = True) -> None:
     raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); nothing was started")
 
 
-def ensure_experiment(client: "MlflowClient", name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment ``name``, created if missing (one experiment per sweep name)."""
+def ensure_experiment(client: "MlflowClient", name: str) -> str:
+    """The id of experiment ``name``, created if missing (one experiment per sweep name).
+
+    On a local SQLite store its artifacts go to ``mlartifacts/`` beside the database (MLflow's own
+    default is ``./mlruns`` in whatever folder the process runs in); a server picks its own root.
+    """
+    from services import paths
+
     try:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=paths.artifact_location(client.tracking_uri, name))
     except Exception as err:  # any store failure: unreachable server, bad URI, locked file
         summary = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrackingError(f"MLflow tracking store {client.tracking_uri} is not usable: {summary}") from None

@@ -132,6 +132,18 @@ PARAMS = PARAM_NAMES + ("workload",)
 """Params of each trial's MLflow run: the hyperparameters (their one schema is
 :class:`search_spaces.scaling.TrialHParams`) and the workload."""
 
+# The answer on the sweep's parent run (services/results/summary.py): metrics named
+# ``answer/<optimizer>_<reduction>[_<schedule>]/<name>``, step 0, rewritten by each export.
+ANSWER_PREFIX = "answer/"
+ANSWER_LR_PER_SAMPLE = "lr_per_sample"  # the answer's LR per sample c (at the rule's k)
+ANSWER_LOO_REGRET = "loo_regret"  # mean regret predicting each swept batch size from the others
+ANSWER_TRANSFER_REGRET = "transfer_regret_max"  # largest regret at the held-out batch sizes checked
+
+
+def answer_metric(group: str, name: str) -> str:
+    return f"{ANSWER_PREFIX}{group}/{name}"
+
+
 # Tags on MLflow runs.
 TAG_SWEEP = "samplewise.sweep"
 TAG_ROLE = "samplewise.role"  # "parent", "trial", or "transfer" (a transfer check's parent run)
@@ -152,5 +164,7 @@ TAG_NODE_ID = "samplewise.node_id"
 TAG_RAY_RUN = "samplewise.ray_run"
 TAG_SUPERSEDED = "samplewise.superseded"
 """On a KILLED run that a dead driver finished but the resumed sweep did not ask for again: why."""
+TAG_ANSWER = "samplewise.answer"  # on the parent run, ``.<group>``: the answer's formula
+TAG_TRANSFER_VERDICT = "samplewise.transfer_verdict"  # on the parent run, ``.<group>``: the transfer check's verdict
 TAG_TEST_RERUN = "samplewise.test_rerun"
 """On a best trial whose test split was evaluated: the rerun's val loss and whether it matched."""

@@ -152,25 +152,32 @@ def cmd_ui(args) -> int:
             "read and change every run",
             file=sys.stderr,
         )
-    from services.ops.local import ui_command
+    from services.ops.local import server_env, ui_command
 
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
-    os.execv(sys.executable, ui_command(uri, args.host, args.port))
+    os.execve(sys.executable, ui_command(uri, args.host, args.port), server_env())
     return EXIT_FAILED  # not reached
 
 
 def cmd_ui_check(args) -> int:
     spec = load_spec(args.spec)
     from services.ops import local
-    from services.ops.ui_check import check_runs_page
+    from services.ops.ui_check import check_ui
     from services.results import records
+    from services.results.export import build_export
     from services.tracking import store
 
     uri = args.tracking_uri or paths.tracking_uri()
     client = store.client_for(uri)
     parent = records.find_parent_run(client, spec.name)
     children = [r.run_id for r in records.load_records(client, parent)]
-    out = Path(args.out or paths.state_dir() / "ui-check.png")
+    doc = build_export(client, spec.name, parent=parent, tests={})
+    expected = [c["formula"] for c in doc["constants"] if c["formula"]]
+    plot: str | None = f"{spec.name}-lr_star.png"
+    if plot not in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id, "plots")}:
+        print(f"ui-check: parent run {parent.info.run_id} has no lr*(B) plot yet (make export puts it there)")
+        plot = None
+    out = Path(args.out or paths.state_dir() / "ui-check")
     server = None
     if uri.startswith("sqlite:"):
         port = local.free_port()
@@ -179,13 +186,16 @@ def cmd_ui_check(args) -> int:
     else:
         ui_url = uri
     try:
-        shown = check_runs_page(ui_url, parent.info.experiment_id, parent.info.run_id, children, out)
+        result = check_ui(ui_url, parent.info.experiment_id, parent.info.run_id, children, expected, plot, out)
     finally:
         if server is not None:
             local.stop(server)
     print(
-        f"ui-check: {ui_url} shows parent run {parent.info.run_id} ({spec.name}) with {shown} of its "
-        f"{len(children)} child runs; screenshot {out}"
+        f"ui-check: {ui_url} shows parent run {parent.info.run_id} ({spec.name}) with {result.children_shown} of "
+        f"its {len(children)} child runs, the answer table ({len(expected)} formulas)"
+        + (", the lr*(B) plot" if plot else "")
+        + ", the trials' chart view by batch size; screenshots "
+        + ", ".join(str(p) for p in result.screenshots)
     )
     return EXIT_OK
 
@@ -238,10 +248,11 @@ def add_commands(sub, with_store) -> None:
         sub.add_parser(
             "ui-check",
             help="check the MLflow UI in headless Chromium",
-            description="Serve the MLflow UI, open the sweep's runs page in headless Chromium, "
-            "expand its parent run, find its child runs and save a screenshot.",
+            description="Serve the MLflow UI and open the sweep in headless Chromium: the parent run "
+            "and its child runs, the answer table in the parent's description, the lr*(B) plot among "
+            "its artifacts, the trials' chart view grouped by batch size; one screenshot of each.",
         )
     )
     p.add_argument("spec", help="the sweep's spec")
-    p.add_argument("--out", help="screenshot path (default .samplewise/ui-check.png)")
+    p.add_argument("--out", help="folder for the screenshots (default .samplewise/ui-check/)")
     p.set_defaults(func=cmd_ui_check)

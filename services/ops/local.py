@@ -77,6 +77,15 @@ def _tcp_open(host: str, port: int) -> bool:
         return False
 
 
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""The environment samplewise starts MLflow servers and UIs with: no job runner (MLflow 3.x starts
+a huey consumer with ten workers and periodic GenAI tasks by default; tracking does not use them)."""
+
+
+def server_env() -> dict[str, str]:
+    return {**os.environ, **MLFLOW_SERVER_ENV}
+
+
 def ui_command(uri: str, host: str, port: int) -> list[str]:
     """The MLflow UI over a local store (``make ui`` and the browser check)."""
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
@@ -86,7 +95,7 @@ def serve_ui(uri: str, port: int, timeout_s: float = 90) -> int:
     """Start the MLflow UI for ``uri`` on 127.0.0.1:``port`` in the background; returns its pid
     (stop it with :func:`stop`)."""
     log = paths.state_dir() / "logs" / f"mlflow-ui-{port}.log"
-    pid = _spawn(ui_command(uri, "127.0.0.1", port), log)["pid"]
+    pid = _spawn(ui_command(uri, "127.0.0.1", port), log, server_env())["pid"]
     try:
         _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), "the MLflow UI", pid, log, timeout_s)
     except ServiceError:
@@ -143,7 +152,7 @@ def up(
         ]
         if host not in LOOPBACK:
             cmd += ["--allowed-hosts", "*", "--cors-allowed-origins", "*"]
-        proc = _spawn(cmd, log)
+        proc = _spawn(cmd, log, server_env())
         pid = proc["pid"]
         url = f"http://{connect_host}:{mlflow_port}"
         record["mlflow"] = {

@@ -34,6 +34,7 @@ import yaml
 from search_spaces.scaling import ADAPTIVE, batch_exponents, lr_exponent
 from services import metrics as m
 from services.errors import ExportError
+from services.results import summary
 from services.results.analysis import GroupSummary, TrialRecord, summarize
 from services.results.fit import CI
 from services.results.laws import LOBO_MARGIN, REGRET_FLOOR, LawFit
@@ -364,4 +365,17 @@ def export_sweep(
         for png in pngs:
             client.log_artifact(parent.info.run_id, str(png), artifact_path="plots")
         files += pngs
+    summary.publish(client, doc, [p.name for p in files if p.suffix == ".png"])
     return doc, files
+
+
+def publish_answer(sweep: str, tracking_uri: str, parent_run_id: Optional[str]) -> Optional[dict[str, Any]]:
+    """Put the answer on the sweep's parent run (description, metrics, tags; no files, no plots)
+    when a sweep ends; None when no trial left anything to answer from."""
+    client = client_for(tracking_uri)
+    try:
+        doc = build_export(client, sweep, parent_run_id, tests={})
+    except ExportError:
+        return None
+    summary.publish(client, doc)
+    return doc

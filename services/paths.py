@@ -21,6 +21,11 @@ def project_dir() -> Path:
     return Path(os.environ.get("SAMPLEWISE_HOME") or os.getcwd()).resolve()
 
 
+def verbose() -> bool:
+    """``--verbose`` (``SAMPLEWISE_VERBOSE=1``): Ray's and Tune's own banners and hints on the terminal."""
+    return os.environ.get("SAMPLEWISE_VERBOSE", "") not in ("", "0")
+
+
 def state_dir() -> Path:
     return project_dir() / ".samplewise"
 

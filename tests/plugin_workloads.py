@@ -1,7 +1,7 @@
 """Workloads a user would plug in as package.module:function, for the tests."""
 
-from services.training.context import TrialContext
-from services.training.workloads import Workload, digits_mlp
+from samplewise import TrialContext, Workload  # the public surface, as a user's module imports it
+from services.training.workloads import digits_mlp
 
 
 def broken_model(hidden: int = 8) -> Workload:

@@ -158,3 +158,26 @@ def test_a_spec_read_from_a_device_is_bounded(tmp_path, monkeypatch):
         tracemalloc.stop()
     assert status == 2 and "at most 1000000 bytes" in err.getvalue() and len(err.getvalue().splitlines()) == 1
     assert peak < 50e6
+
+
+@pytest.mark.parametrize(
+    "body,words",
+    [
+        ("print('hello from import')\nimport sys\nprint('and to stderr', file=sys.stderr)\n", ["has no function"]),
+        ("print('hello from import')\nraise RuntimeError('boom at import')\n", ["raised RuntimeError: boom at import"]),
+        ("print('hello from import')\nimport no_such_module_anywhere\n", ["cannot import"]),
+    ],
+)
+def test_a_module_that_prints_on_import_still_ends_in_one_line(body, words, tmp_path, monkeypatch):
+    """A workload module's own prints do not join the error: stdout and stderr together hold one line."""
+    monkeypatch.chdir(tmp_path)
+    name = f"noisy_{abs(hash(body)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(body)
+    path = tmp_path / "bad.yaml"
+    path.write_text(_spec(workload={"name": f"{name}:make"}))
+    both = io.StringIO()
+    with contextlib.redirect_stderr(both), contextlib.redirect_stdout(both):
+        status = cli.main(["validate", str(path)])
+    lines = both.getvalue().strip().splitlines()
+    assert status == 2 and len(lines) == 1, both.getvalue()
+    assert "workload.name" in lines[0] and all(w in lines[0] for w in words), lines[0]

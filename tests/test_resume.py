@@ -164,6 +164,9 @@ def test_ctrl_c_exits_nonzero_leaves_the_sweep_resumable_and_resume_finishes_it(
     log = (tmp_path / "driver.log").read_text()
     assert status == 130, log[-3000:]
     assert "interrupted" in log and "make resume" in log, log[-2000:]
+    # quiet by default: none of Ray's and Tune's banners and hints on the terminal
+    for noise in ("Token authentication", "View detailed results", "TensorBoard", "Configuration for experiment"):
+        assert noise not in log, noise
     experiment = client.get_experiment_by_name(SPEC["name"])
     parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{m.TAG_ROLE}` = 'parent'")[0]
     assert parent.info.status == "KILLED"

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from services.training.context import TrialContext
+from samplewise import TrialContext
 
 
 def _datasets() -> tuple[TensorDataset, TensorDataset]:

@@ -92,6 +92,10 @@ def cmd_drive(args) -> int:
     if status == EXIT_OK and spec.transfer.enabled and outcome.parent_run_id:
         print(f"\ntransfer check of {spec.name}: the answer trained at batch sizes the sweep did not train")
         _transfer(spec, args.spec, uri, args.ray_address, outcome.parent_run_id)
+    if outcome.parent_run_id:
+        from services.results.export import publish_answer
+
+        publish_answer(spec.name, outcome.tracking_uri, outcome.parent_run_id)  # the answer on the parent run
     return status
 
 
@@ -112,6 +116,9 @@ def cmd_transfer(args) -> int:
     uri = args.tracking_uri or paths.tracking_uri()
     _sigterm_as_sigint()
     _transfer(spec, args.spec, uri, args.ray_address, args.parent_run_id)
+    from services.results.export import publish_answer
+
+    publish_answer(spec.name, uri, args.parent_run_id)  # the parent run's description gains the verdicts
     return EXIT_OK
 
 
@@ -218,6 +225,15 @@ def cmd_verify(args) -> int:
     return EXIT_OK if all(r.passed for r in rows) else EXIT_FAILED
 
 
+def _verbose_flag(p) -> None:
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's and Tune's own banners, hints and status tables "
+        "(else kept in .samplewise/logs/<sweep>-ray.log)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="samplewise", description="Sweep batch size x LR per sample on Ray Tune, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -248,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
         p.add_argument("--strict", action="store_true", help="exit 1 if any trial failed")
         p.add_argument("--foreground", action="store_true", help="run the driver here even while make up runs")
+        _verbose_flag(p)
         p.set_defaults(func=cmd_drive)
 
     p = with_store(
@@ -277,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="the sweep's spec")
     p.add_argument("--parent-run-id", help="check this submission instead of the newest")
     p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    _verbose_flag(p)
     p.set_defaults(func=cmd_transfer)
 
     p = with_store(
@@ -365,8 +383,14 @@ def log_to_stderr() -> None:
     logger.propagate = False  # Ray and MLflow configure the root logger their own way
 
 
+def _apply_verbose(args) -> None:
+    if getattr(args, "verbose", False):
+        os.environ["SAMPLEWISE_VERBOSE"] = "1"  # read by the runner, and by a detached driver's environment
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _apply_verbose(args)
     log_to_stderr()
     # a spec's package.module:function is imported from the project, as `python -m` would
     project = str(paths.project_dir())

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Optional
 
 import ray
@@ -153,30 +154,58 @@ def shutdown_ray() -> None:
 
 
 class _Unhelpful(logging.Filter):
-    """Drops Ray's log lines that tell a samplewise user nothing: the notice that the local Ray
-    samplewise starts uses token authentication, and Optuna's complaint when a grid runs out."""
+    """Moves Ray's log lines that tell a samplewise user nothing off the terminal and into the
+    sweep's quiet log: the notice that the local Ray samplewise starts uses token authentication,
+    and Optuna's complaint when a grid runs out."""
 
     NOISE = ("Token authentication is enabled for this Ray cluster", "`Study.stop` is supposed to be invoked")
+    log: Path | None = None  # where the lines go (the latest sweep's); None: dropped
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
-        return not any(noise in message for noise in self.NOISE)
+        if paths.verbose() or not any(noise in message for noise in self.NOISE):
+            return True
+        if _Unhelpful.log is not None:
+            try:
+                with _Unhelpful.log.open("a") as f:
+                    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                    f.write(f"{stamp} {record.levelname} {record.name}: {record.getMessage()}\n")
+            except OSError:
+                pass
+        return False
 
 
-def quiet_ray() -> None:
+def quiet_log(name: str) -> Path:
+    """The file that takes what :func:`quiet_ray` keeps off the terminal for sweep ``name``."""
+    return paths.state_dir() / "logs" / f"{name}-ray.log"
+
+
+def quiet_ray(name: str = "samplewise") -> None:
     """Keep Ray's and Tune's banners off the terminal: Tune's experiment box and its "View
     detailed results" and TensorBoard hints (its legacy reporter, silent at verbose 0), and the
-    log lines :class:`_Unhelpful` names. The progress lines and the result table are samplewise's."""
+    log lines :class:`_Unhelpful` names, which go to :func:`quiet_log`. The progress lines and
+    the result table are samplewise's. ``--verbose`` (``SAMPLEWISE_VERBOSE=1``) keeps them all."""
+    if paths.verbose():
+        return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune.search.optuna.optuna_search"):
-        logger = logging.getLogger(name)
+    log = quiet_log(name)
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        _Unhelpful.log = log
+    except OSError:
+        _Unhelpful.log = None
+    for logger_name in (
+        "ray._private.authentication.authentication_token_setup",
+        "ray.tune.search.optuna.optuna_search",
+    ):
+        logger = logging.getLogger(logger_name)
         if not any(isinstance(f, _Unhelpful) for f in logger.filters):
             logger.addFilter(_Unhelpful())
 
 
-def init_ray(address: str | None) -> bool:
-    """Connect to ``address`` or start a local Ray; returns whether this call started it."""
-    quiet_ray()
+def init_ray(address: str | None, name: str = "samplewise") -> bool:
+    """Connect to ``address`` or start a local Ray for sweep ``name``; returns whether this call started it."""
+    quiet_ray(name)
     _memory_kills_fail_trials()
     if ray.is_initialized():
         return False
@@ -274,7 +303,6 @@ def run_sweep(
             spec,
             budget_samples,
             spec_path=spec_path,
-            artifact_location=paths.artifact_location(uri, spec.name),
             parent_tags={
                 m.TAG_BUDGET_SAMPLES: str(budget_samples),
                 m.TAG_RAY_RUN: f"{storage}/{run_name}",
@@ -285,7 +313,7 @@ def run_sweep(
     started = False
     try:
         with _submission(tracker.finish if tracker else lambda status: None):
-            started = init_ray(ray_address if ray_address is not None else paths.ray_address())
+            started = init_ray(ray_address if ray_address is not None else paths.ray_address(), spec.name)
             stream.write(
                 f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.label}, "
                 f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}, {packing}; "
@@ -316,7 +344,7 @@ def run_sweep(
                         if c
                     ],
                     failure_config=tune.FailureConfig(max_failures=spec.failures.max_retries),
-                    verbose=0,
+                    verbose=1 if paths.verbose() else 0,  # 1: Tune's own status tables too
                 ),
             )
             results = tuner.fit()
@@ -369,7 +397,7 @@ def resume_sweep(
         )
     if not path or not tune.Tuner.can_restore(path):
         raise ResumeError(f"sweep {spec.name!r}: no Ray Tune state to restore at {path}")
-    started = init_ray(ray_address if ray_address is not None else paths.ray_address())
+    started = init_ray(ray_address if ray_address is not None else paths.ray_address(), spec.name)
     try:
         stream.write(f"resuming sweep {spec.name} from {path} (MLflow parent run {parent.info.run_id})\n")
         stream.flush()

@@ -179,7 +179,7 @@ def run_transfer(
     transfers = read_transfers(client, parent, groups, tol)
     done = {(t.group, c.batch_size) for t in transfers for c in t.checks}
     jobs = [j for j in first_jobs(spec, groups, sizes) if (j.group.name, j.batch_size) not in done]
-    started = init_ray(ray_address if ray_address is not None else paths.ray_address())
+    started = init_ray(ray_address if ray_address is not None else paths.ray_address(), spec.name)
     t0, trials = time.monotonic(), 0
     try:
         for _ in range(spec.transfer.extend + spec.transfer.max_seeds + 1):  # each round ends one open question

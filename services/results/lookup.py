@@ -156,3 +156,62 @@ def lr_notes(const: dict[str, Any], batch_size: int) -> list[str]:
             f"val loss there on average (lr* off by {answer['loo_error']:.0%})"
         )
     return notes
+
+
+class ExtrapolationWarning(UserWarning):
+    """An LR asked for where the export's evidence does not reach (outside the swept batch sizes
+    and the transfer check, or from a best trial rather than a checked law)."""
+
+
+class Export:
+    """An export read back, for a training script: ``Export(path).lr(batch_size=512, optimizer="sgd",
+    reduction="mean")``. Each lookup warns (:class:`ExtrapolationWarning`) where ``samplewise lr``
+    prints a warning, with the same text."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.doc = read_export(self.path)
+
+    @property
+    def sweep(self) -> str:
+        return str(self.doc.get("sweep", self.path.stem))
+
+    def constant(
+        self, optimizer: Optional[str] = None, reduction: Optional[str] = None, schedule: Optional[str] = None
+    ) -> dict[str, Any]:
+        """The export's entry for one optimizer x reduction (x schedule): formula, verdicts, evidence."""
+        return pick_constant(self.doc, optimizer, reduction, schedule)
+
+    def lr(
+        self,
+        batch_size: int,
+        optimizer: Optional[str] = None,
+        reduction: Optional[str] = None,
+        schedule: Optional[str] = None,
+    ) -> float:
+        """The learning rate at ``batch_size`` (the starting LR of a schedule), in the optimizer's own
+        units for ``reduction`` (under ``sum``, SGD's LR is the mean-reduced one over B)."""
+        import warnings
+
+        value, _, notes = lr_lookup(self.doc, batch_size, optimizer, reduction, schedule)
+        for note in notes:
+            warnings.warn(note, ExtrapolationWarning, stacklevel=2)
+        return value
+
+    def evidence(
+        self,
+        batch_size: int,
+        optimizer: Optional[str] = None,
+        reduction: Optional[str] = None,
+        schedule: Optional[str] = None,
+    ) -> list[str]:
+        """What backs the LR at ``batch_size``: the nearest transfer check, the leave-one-out regret."""
+        return lr_notes(self.constant(optimizer, reduction, schedule), batch_size)
+
+    def __repr__(self) -> str:
+        return f"Export({str(self.path)!r}, sweep={self.sweep!r}, constants={len(self.doc['constants'])})"
+
+
+def load_export(path: str | Path) -> Export:
+    """Read ``exports/<sweep>.json`` (or ``.yaml``); a file that is not an export raises ExportError."""
+    return Export(path)

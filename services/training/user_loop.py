@@ -21,15 +21,18 @@ def resolve_loop(spec: WorkloadSpec) -> LoopFunction:
     """The loop ``spec.train`` names: only a Python function whose first parameter is annotated
     ``TrialContext`` is accepted."""
     assert spec.train is not None
-    fn, hints = import_function("workload.train", spec.train)
-    try:
-        names = list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):  # not a Python function
-        names = []
-    annotation = hints.get(names[0]) if names else None
-    if not (isinstance(annotation, type) and issubclass(annotation, TrialContext)):
-        raise SpecError(
-            f"workload.train: {cut(spec.train)} is not a training loop: give a Python function "
-            "`train(ctx: TrialContext)` (from services.training.context)"
-        )
+
+    def accept(fn: Callable, hints: dict[str, Any]) -> None:
+        try:
+            names = list(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):  # not a Python function
+            names = []
+        annotation = hints.get(names[0]) if names else None
+        if not (isinstance(annotation, type) and issubclass(annotation, TrialContext)):
+            raise SpecError(
+                f"workload.train: {cut(spec.train or '')} is not a training loop: give a Python function "
+                "`train(ctx: TrialContext)` (samplewise.TrialContext)"
+            )
+
+    fn, _ = import_function("workload.train", spec.train, accept)
     return fn

@@ -298,13 +298,16 @@ BUILTIN: dict[str, Callable[..., Workload]] = {
 
 def _workload_function(name: str) -> Callable[..., Workload]:
     """A user's workload function: only a Python function annotated ``-> Workload``."""
-    fn, hints = import_function("workload.name", name)
-    returns = hints.get("return")
-    if not (isinstance(returns, type) and issubclass(returns, Workload)):
-        raise SpecError(
-            f"workload.name: {cut(name)} is not a workload function: give a Python function "
-            "annotated `-> Workload` (from services.training.workloads)"
-        )
+
+    def accept(fn: Callable, hints: dict[str, Any]) -> None:
+        returns = hints.get("return")
+        if not (isinstance(returns, type) and issubclass(returns, Workload)):
+            raise SpecError(
+                f"workload.name: {cut(name)} is not a workload function: give a Python function "
+                "annotated `-> Workload` (samplewise.Workload)"
+            )
+
+    fn, _ = import_function("workload.name", name, accept)
     return fn
 
 

@@ -26,13 +26,13 @@ test: install  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install  ## ruff (lint and format check; make format rewrites) and mypy (types)
-	$(BIN)/ruff check services search_spaces tests
-	$(BIN)/ruff format --check services search_spaces tests
+	$(BIN)/ruff check samplewise services search_spaces tests
+	$(BIN)/ruff format --check samplewise services search_spaces tests
 	$(BIN)/mypy
 
 format: install  ## rewrite the code in the project's format and fix what ruff can
-	$(BIN)/ruff format services search_spaces tests
-	$(BIN)/ruff check --fix services search_spaces tests
+	$(BIN)/ruff format samplewise services search_spaces tests
+	$(BIN)/ruff check --fix samplewise services search_spaces tests
 
 test-fast: install  ## the tests that need no real Ray or MLflow server (about a minute)
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
@@ -40,7 +40,7 @@ test-fast: install  ## the tests that need no real Ray or MLflow server (about a
 bench: install  ## measure samplewise against its goals (15-21 min on 2 cores); writes BENCHMARKS.md
 	$(BIN)/samplewise bench
 
-bench-quick: install  ## every bench measurement at toy size (a smoke run; the test suite runs it)
+bench-quick: install  ## every bench measurement at toy size: a smoke run of the whole bench (about two minutes)
 	$(BIN)/samplewise bench --quick
 
 validate: install  ## check a spec without running it

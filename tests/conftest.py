@@ -1,8 +1,10 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from mlflow.tracking import MlflowClient
 
 from services.cli import main as cli
@@ -20,8 +22,9 @@ def cli_env(**extra: str) -> dict:
 
 SWEEPS = ROOT / "sweeps"
 
-# Hypothesis keeps its example database in ./.hypothesis by default; the suite writes only to
-# temporary folders (a guard below checks the checkout after the run).
+# Hypothesis keeps its example database and a constants cache in ./.hypothesis by default; the
+# suite writes only to temporary folders (a guard below checks the checkout after the run).
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="samplewise-hypothesis-"))
 settings.register_profile("samplewise", database=None)
 settings.load_profile("samplewise")
 

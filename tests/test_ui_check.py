@@ -26,7 +26,8 @@ pytestmark = [
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_ui_shows_the_answer_the_plot_and_the_children(smoke_sweep, tmp_path, capsys):
+def test_ui_shows_the_answer_the_plot_and_the_children(smoke_sweep, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the UI server's log goes to .samplewise/logs here
     assert browser_paths() is not None, "SAMPLEWISE_REQUIRE_BROWSER is set but Chromium or chromedriver is missing"
     work, client = smoke_sweep
     shots = tmp_path / "shots"
@@ -44,8 +45,9 @@ def test_ui_shows_the_answer_the_plot_and_the_children(smoke_sweep, tmp_path, ca
         assert (shots / name).read_bytes()[:8] == PNG, name
 
 
-def test_ui_check_fails_when_the_parent_does_not_show_the_answer(smoke_sweep, tmp_path, capsys):
+def test_ui_check_fails_when_the_parent_does_not_show_the_answer(smoke_sweep, tmp_path, capsys, monkeypatch):
     """The description the check looks for, removed from the parent: the check must fail."""
+    monkeypatch.chdir(tmp_path)
     assert browser_paths() is not None, "SAMPLEWISE_REQUIRE_BROWSER is set but Chromium or chromedriver is missing"
     work, client = smoke_sweep
     parent = json.loads((work / "exports" / "smoke.json").read_text())["parent_run_id"]

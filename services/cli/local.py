@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from services import metrics as m
 from services import paths, processes
-from services.errors import EXIT_FAILED, EXIT_OK, SpecError
+from services.errors import EXIT_FAILED, EXIT_OK, ExportError, SpecError
 from services.spec import load_spec
 
 
@@ -164,15 +165,18 @@ def cmd_ui_check(args) -> int:
     from services.ops import local
     from services.ops.ui_check import check_ui
     from services.results import records
-    from services.results.export import build_export
     from services.tracking import store
 
     uri = args.tracking_uri or paths.tracking_uri()
     client = store.client_for(uri)
     parent = records.find_parent_run(client, spec.name)
     children = [r.run_id for r in records.load_records(client, parent)]
-    doc = build_export(client, spec.name, parent=parent, tests={})
-    expected = [c["formula"] for c in doc["constants"] if c["formula"]]
+    # the formulas the sweep published on its parent run (services/results/summary.py)
+    expected = [v for k, v in parent.data.tags.items() if k.startswith(m.TAG_ANSWER + ".") and v.startswith("lr =")]
+    if not expected:
+        raise ExportError(
+            f"sweep {spec.name!r}: parent run {parent.info.run_id} carries no answer yet; run make export"
+        )
     plot: str | None = f"{spec.name}-lr_star.png"
     if plot not in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id, "plots")}:
         print(f"ui-check: parent run {parent.info.run_id} has no lr*(B) plot yet (make export puts it there)")

@@ -41,7 +41,8 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
-def _summary(outcome, args, spec) -> int:
+def _summary(outcome, args, spec) -> tuple[int, list, list]:
+    """Print the end-of-sweep table and outcomes; (exit status, the trial records, their groups)."""
     from services.results import records
     from services.results.analysis import summarize
     from services.results.table import format_outcomes, format_table
@@ -49,14 +50,15 @@ def _summary(outcome, args, spec) -> int:
 
     client = store.client_for(outcome.tracking_uri)
     trials = records.load_records(client, client.get_run(outcome.parent_run_id))
+    groups = summarize(trials, spec.space.lr_ranges())
     print()
-    print(format_table(summarize(trials, spec.space.lr_ranges())))
+    print(format_table(groups))
     print(format_outcomes(trials))
     print(f"\nMLflow parent run {outcome.parent_run_id}; export the constants with: make export SWEEP={args.spec}")
     if outcome.num_errors and outcome.num_errors >= spec.num_trials:
         print(f"samplewise: every trial of {spec.name} failed; see the errors above", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK
+        return EXIT_FAILED, trials, groups
+    return (EXIT_FAILED if outcome.num_errors and args.strict else EXIT_OK), trials, groups
 
 
 def _sigterm_as_sigint() -> None:
@@ -88,14 +90,15 @@ def cmd_drive(args) -> int:
         outcome = runner.resume_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
     else:
         outcome = runner.run_sweep(spec, spec_path=args.spec, tracking_uri=uri, ray_address=args.ray_address)
-    status = _summary(outcome, args, spec)
+    status, trials, groups = _summary(outcome, args, spec)
     if status == EXIT_OK and spec.transfer.enabled and outcome.parent_run_id:
         print(f"\ntransfer check of {spec.name}: the answer trained at batch sizes the sweep did not train")
         _transfer(spec, args.spec, uri, args.ray_address, outcome.parent_run_id)
     if outcome.parent_run_id:
         from services.results.export import publish_answer
 
-        publish_answer(spec.name, outcome.tracking_uri, outcome.parent_run_id)  # the answer on the parent run
+        # the answer on the parent run, from the analysis just printed (and the transfer check's runs)
+        publish_answer(spec.name, outcome.tracking_uri, outcome.parent_run_id, trials, groups)
     return status
 
 

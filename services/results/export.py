@@ -369,12 +369,19 @@ def export_sweep(
     return doc, files
 
 
-def publish_answer(sweep: str, tracking_uri: str, parent_run_id: Optional[str]) -> Optional[dict[str, Any]]:
+def publish_answer(
+    sweep: str,
+    tracking_uri: str,
+    parent_run_id: Optional[str],
+    records: Optional[list[TrialRecord]] = None,
+    groups: Optional[list[GroupSummary]] = None,
+) -> Optional[dict[str, Any]]:
     """Put the answer on the sweep's parent run (description, metrics, tags; no files, no plots)
-    when a sweep ends; None when no trial left anything to answer from."""
+    when a sweep ends, from ``records`` and ``groups`` when the caller has them already; None
+    when no trial left anything to answer from."""
     client = client_for(tracking_uri)
     try:
-        doc = build_export(client, sweep, parent_run_id, tests={})
+        doc = build_export(client, sweep, parent_run_id, records=records, groups=groups, tests={})
     except ExportError:
         return None
     summary.publish(client, doc)

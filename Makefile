@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test test-fast lint format bench bench-quick validate export transfer compare verify ui ui-check browser-deps up down status logs resume clean
+.PHONY: install sweep test test-fast lint format bench bench-quick validate export transfer compare rules batch verify ui ui-check browser-deps up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,17 @@ transfer: install  ## train the answer at batch sizes the sweep did not train: m
 
 compare: install  ## compare batch-size / LR schedules of a sweep: make compare SWEEP=...
 	$(BIN)/samplewise compare $(SWEEP)
+
+RULES := sqrt sqrt_halflife sde
+rules: install  ## sweep Adam's three batch-size rules on the transformer, check each at held-out B, print the table (16.5 min on 2 cores)
+	for rule in $(RULES); do \
+	  $(BIN)/samplewise sweep sweeps/adamw_rule_$$rule.yaml && $(BIN)/samplewise export --no-test sweeps/adamw_rule_$$rule.yaml || exit 1; \
+	done
+	$(BIN)/samplewise table $(foreach rule,$(RULES),exports/adamw_rule_$(rule).json)
+
+EXPORT ?= exports/quickstart.json
+batch: install  ## the batch size for a goal, with its LR and settings: make batch EXPORT=... [SAMPLE_BUDGET=N | STEP_BUDGET=N]
+	$(BIN)/samplewise batch $(EXPORT) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) $(if $(STEP_BUDGET),--step-budget $(STEP_BUDGET)) $(if $(OPTIMIZER),--optimizer $(OPTIMIZER)) $(if $(REDUCTION),--reduction $(REDUCTION))
 
 verify: install  ## check the sum/mean equivalences the scaling rules rely on
 	$(BIN)/samplewise verify

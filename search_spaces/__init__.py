@@ -5,6 +5,7 @@ the space's schema (:mod:`search_spaces.space`), the batch-size / LR schedules
 (:mod:`search_spaces.schedules`) and the define-by-run spaces for Optuna (:mod:`search_spaces.tied`).
 """
 
+from search_spaces import adam
 from search_spaces.scaling import (
     DEFAULT_RULE,
     OPTIMIZERS,
@@ -19,6 +20,7 @@ from search_spaces.space import SpaceSpec
 from search_spaces.tied import grid_points, suggest, tied_space
 
 __all__ = [
+    "adam",
     "DEFAULT_RULE",
     "OPTIMIZERS",
     "REDUCTIONS",

@@ -13,7 +13,10 @@ Under a sum-reduced loss the gradient is B times larger, so the equivalent setti
     coupled L2:      weight_decay = weight_decay * B (same regularization as the mean case)
 
 The rule ``none`` is the untied baseline: c is the raw optimizer LR and nothing is
-rescaled, as a user who ignores the batch size would do.
+rescaled, as a user who ignores the batch size would do. The rules ``sqrt_halflife`` and
+``sde`` (Adam and AdamW) take the sqrt LR and also move beta2 (and beta1, eps) with B; a
+decoupled weight decay can keep its timescale fixed instead of its value
+(:mod:`search_spaces.adam`).
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Literal, Mapping
 
+from search_spaces.adam import ADAM_RULES, adam_settings, decay_at
+
 Optimizer = Literal["sgd", "momentum", "adam", "adamw"]
 Reduction = Literal["mean", "sum"]
-Rule = Literal["linear", "sqrt", "none"]
+Rule = Literal["linear", "sqrt", "none", "sqrt_halflife", "sde"]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "adamw")
 REDUCTIONS: tuple[str, ...] = ("mean", "sum")
-RULE_EXPONENT: Mapping[str, float] = {"linear": 1.0, "sqrt": 0.5, "none": 0.0}
+RULE_EXPONENT: Mapping[str, float] = {"linear": 1.0, "sqrt": 0.5, "none": 0.0, "sqrt_halflife": 0.5, "sde": 0.5}
 DEFAULT_RULE: Mapping[str, str] = {
     "sgd": "linear",
     "momentum": "linear",
@@ -62,6 +67,9 @@ class TrialHParams:
     seed: int
     schedule: str = "constant"
     """Batch-size / LR schedule (search_spaces.schedules); lr is its starting LR."""
+    beta1: float = 0.9
+    beta2: float = 0.999
+    """Adam's betas at ``batch_size`` (moved with B by the rules sqrt_halflife and sde)."""
 
     def as_config(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,8 +159,9 @@ def batch_exponents(optimizer: str, reduction: str, rule: str, decoupled_decay: 
     and to the mean-reduced eps and weight decay.
 
     Under a sum-reduced loss (a tied rule) SGD's LR divides by B, Adam's eps and a coupled
-    weight decay multiply by B, so that every update is the mean-reduced one. Rule ``none``
-    rescales nothing. AdamW always decays decoupled.
+    weight decay multiply by B, so that every update is the mean-reduced one; so does SGD's
+    decoupled decay (``p *= 1 - lr * wd`` with SGD's LR over B). Rule ``none`` rescales
+    nothing. AdamW always decays decoupled.
     """
     tied_sum = reduction == "sum" and rule != "none"
     adaptive = optimizer in ADAPTIVE
@@ -160,7 +169,7 @@ def batch_exponents(optimizer: str, reduction: str, rule: str, decoupled_decay: 
     return {
         "lr": -1 if tied_sum and not adaptive else 0,
         "eps": 1 if tied_sum and adaptive else 0,
-        "weight_decay": 1 if tied_sum and not decoupled else 0,
+        "weight_decay": 1 if tied_sum and not (decoupled and adaptive) else 0,
     }
 
 
@@ -205,11 +214,16 @@ def derive(
     eps: float = 1e-8,
     seed: int = 0,
     schedule: str = "constant",
+    betas: tuple[float, float] = (0.9, 0.999),
+    reference_batch_size: int | None = None,
+    decay_tie: str = "fixed",
 ) -> TrialHParams:
     """Derive the optimizer settings of one trial from the suggested values.
 
-    ``weight_decay``, ``eps`` are the values for the mean-reduced loss; the sum case
-    gets their equivalents. ``decoupled_decay`` is always true for AdamW.
+    ``weight_decay``, ``eps`` and ``betas`` are the values for the mean-reduced loss at
+    ``reference_batch_size`` (default ``batch_size``): the rule moves betas and eps, and
+    ``decay_tie`` the decoupled decay, from there (:mod:`search_spaces.adam`); the sum case gets
+    their equivalents. ``decoupled_decay`` is always true for AdamW.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer: unknown {optimizer!r}, expected one of {OPTIMIZERS}")
@@ -222,8 +236,15 @@ def derive(
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     if not (lr_per_sample > 0 and math.isfinite(lr_per_sample)):
         raise ValueError(f"lr_per_sample: must be a positive number, got {lr_per_sample}")
+    if rule in ADAM_RULES and optimizer not in ADAPTIVE:
+        raise ValueError(f"rule: {rule!r} moves Adam's betas and eps; optimizer {optimizer!r} has none")
 
     decoupled = decoupled_decay or optimizer == "adamw"
+    if decay_tie != "fixed" and not decoupled:
+        raise ValueError(f"decay_tie: {decay_tie!r} ties a decoupled decay's timescale; this decay is coupled")
+    ref = batch_size if reference_batch_size is None else reference_batch_size
+    beta1, beta2, eps = adam_settings(rule, batch_size, ref, betas, eps)
+    weight_decay = decay_at(decay_tie, weight_decay, batch_size, ref, RULE_EXPONENT[rule])
     settings = optimizer_settings(
         optimizer,
         reduction,
@@ -248,6 +269,8 @@ def derive(
         eps=float(settings["eps"]),
         seed=int(seed),
         schedule=schedule,
+        beta1=float(beta1) if optimizer in ADAPTIVE else 0.0,
+        beta2=float(beta2) if optimizer in ADAPTIVE else 0.0,
     )
 
 

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from search_spaces.scaling import DEFAULT_RULE, Optimizer, Reduction, Rule
+from search_spaces.adam import ADAM_RULES
+from search_spaces.scaling import ADAPTIVE, DEFAULT_RULE, Optimizer, Reduction, Rule
 from search_spaces.schedules import ScheduleKind
 
 MAX_SAMPLES = 10**15
@@ -67,6 +68,11 @@ class WeightDecaySpec(FrozenModel):
     mode: Literal["coupled", "decoupled"] = "coupled"
     """coupled: L2 added to the gradient (torch weight_decay); decoupled: p *= 1 - lr*wd.
     AdamW always decays decoupled, whatever this says."""
+    tie: Literal["fixed", "timescale"] = "fixed"
+    """fixed: ``value`` at every batch size; timescale (decoupled decay only): ``value`` at the
+    space's reference batch size, and elsewhere what keeps the decay's EMA timescale
+    B / (lr * wd * N) epochs fixed as B and the tied LR move: value * (B / B_ref)**(1 - e)
+    for an LR c * B**e (search_spaces.adam)."""
 
 
 class SpaceSpec(FrozenModel):
@@ -83,7 +89,15 @@ class SpaceSpec(FrozenModel):
     momentum: float = Field(default=0.9, ge=0, lt=1, allow_inf_nan=False)
     """Momentum of the ``momentum`` optimizer (plain ``sgd`` uses none)."""
     eps: float = Field(default=1e-8, gt=0, allow_inf_nan=False)
-    """Adam eps for the mean-reduced loss (scaled by B under sum to stay equivalent)."""
+    """Adam eps for the mean-reduced loss (scaled by B under sum to stay equivalent); under the
+    rule sde, at the reference batch size."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's (beta1, beta2); under the rules sqrt_halflife and sde, at the reference batch
+    size (search_spaces.adam moves them with B)."""
+    reference_batch_size: Optional[int] = Field(default=None, ge=1, le=MAX_BATCH)
+    """The batch size at which betas, eps and a timescale-tied weight decay take the values
+    written here; default the smallest swept. Exports turn them into per-sample constants
+    (half-lives in samples, the decay timescale in epochs), which do not depend on it."""
     weight_decay: WeightDecaySpec = WeightDecaySpec()
     schedules: list[ScheduleKind] = Field(default=["constant"], min_length=1)
     """Batch-size / LR schedules to compare (settings in the ``schedule`` section); the batch
@@ -108,6 +122,26 @@ class SpaceSpec(FrozenModel):
         for i, seed in enumerate(self.seeds or []):
             if not 0 <= seed <= MAX_SEED:
                 raise ValueError(f"seeds.{i}: must be between 0 and {MAX_SEED}, got {seed}")
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise ValueError(f"betas.{i}: must lie in [0, 1), got {beta}")
+        for name, rule in self.rules.items():
+            if rule in ADAM_RULES and name not in ADAPTIVE:
+                raise ValueError(f"rules.{name}: {rule!r} moves Adam's betas and eps; {name} has none")
+        moves_with_b = [r for o in self.optimizers if (r := self.rule_for(o)) in ADAM_RULES]
+        if self.weight_decay.tie != "fixed":
+            moves_with_b.append("weight_decay.tie: timescale")
+            coupled = [o for o in self.optimizers if o != "adamw" and self.weight_decay.mode == "coupled"]
+            if coupled:
+                raise ValueError(
+                    f"weight_decay.tie: 'timescale' ties a decoupled decay; {coupled[0]} decays coupled here "
+                    "(set weight_decay.mode: decoupled)"
+                )
+        if moves_with_b and "batch_growth" in self.schedules:
+            raise ValueError(
+                f"schedules: batch_growth changes B within a run, which {moves_with_b[0]} would have to follow; "
+                "not supported together"
+            )
         if isinstance(self.lr_per_sample, dict):
             missing = [o for o in self.optimizers if o not in self.lr_per_sample]
             if missing:
@@ -130,6 +164,11 @@ class SpaceSpec(FrozenModel):
     def grid_size(self) -> int:
         """Points of the grid search: every cell at every grid LR."""
         return self.cells() * max(self.lr_range(o).count for o in self.optimizers)
+
+    @property
+    def ref_batch_size(self) -> int:
+        """The batch size betas, eps and a tied weight decay are quoted at."""
+        return self.reference_batch_size or min(self.batch_sizes)
 
     def rule_for(self, optimizer: str) -> str:
         return next((rule for name, rule in self.rules.items() if name == optimizer), DEFAULT_RULE[optimizer])

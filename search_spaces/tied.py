@@ -116,6 +116,9 @@ def suggest(trial: "optuna.Trial", space: SpaceSpec, seed: int, mode: str = "fre
         eps=space.eps,
         seed=cell["seed"],
         schedule=cell["schedule"],
+        betas=space.betas,
+        reference_batch_size=space.ref_batch_size,
+        decay_tie=space.weight_decay.tie,
     )
     return hp.as_config()
 

@@ -160,6 +160,8 @@ TAG_BUDGET_SAMPLES = "samplewise.budget_samples"
 TAG_LOSS_UNIT = "samplewise.loss_unit"
 """On the parent run: what every loss of the sweep is per, "sample" or "item" (a per-item loss,
 e.g. tokens: the ``*_per_sample`` metrics then hold losses per item)."""
+TAG_N_TRAIN = "samplewise.n_train"
+"""On the parent run: training samples of the workload (one epoch), for timescales in epochs."""
 TAG_NODE_ID = "samplewise.node_id"
 TAG_RAY_RUN = "samplewise.ray_run"
 TAG_SUPERSEDED = "samplewise.superseded"

@@ -71,11 +71,17 @@ def test_sgd_mean_and_sum_get_the_same_per_sample_step():
         assert mean.lr / B == pytest.approx(total.lr)
 
 
-def test_decoupled_decay_is_not_rescaled_under_sum():
-    hp = derive(
+def test_decoupled_decay_under_sum_follows_the_optimizer_lr():
+    """p *= 1 - lr * wd: SGD's LR under a tied sum is the mean one over B, so its decay is B
+    times larger to decay alike (``samplewise verify`` trains both); Adam's LR does not move."""
+    sgd = derive(
         batch_size=64, reduction="sum", optimizer="sgd", lr_per_sample=1e-3, weight_decay=1e-2, decoupled_decay=True
     )
-    assert hp.weight_decay == 1e-2 and hp.decoupled_decay
+    assert sgd.weight_decay == pytest.approx(1e-2 * 64) and sgd.decoupled_decay
+    adam = derive(
+        batch_size=64, reduction="sum", optimizer="adam", lr_per_sample=1e-3, weight_decay=1e-2, decoupled_decay=True
+    )
+    assert adam.weight_decay == 1e-2
 
 
 @pytest.mark.parametrize(

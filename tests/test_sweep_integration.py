@@ -121,6 +121,14 @@ def test_export_carries_the_evidence_and_the_plots(smoke_sweep):
     assert plots == {f"plots/smoke-{n}.png" for n in names}
     for n in names:
         assert (work / "exports" / f"smoke-{n}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for const in doc["constants"]:  # two batch sizes: no frontier (and no frontier plot), and it says why
+        assert const["batch"]["b_crit"] is None and const["batch"]["batch_sizes"] == [16, 64]
+        assert const["batch"]["advice"] == "inconclusive: 2 batch sizes with curves (need 3)"
+        settings = const["settings"]
+        assert settings["rule"] == const["rule"]["name"] and settings["reference_batch_size"] == 16
+        if const["optimizer"] == "adam":
+            assert settings["per_sample"]["beta2_halflife_samples"] == pytest.approx(16 * 693.1, rel=1e-3)
+    assert not (work / "exports" / "smoke-frontier.png").exists()
 
 
 def test_noise_scale_is_logged_at_samples_seen(smoke_sweep):

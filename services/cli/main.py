@@ -141,6 +141,8 @@ def cmd_export(args) -> int:
         print(f"{'':<14}rule: {const['verdict']}")
         transfer = const.get("transfer")
         print(f"{'':<14}transfer: {transfer['verdict'] if transfer else 'not checked yet (make transfer)'}")
+        if const.get("batch"):
+            print(f"{'':<14}batch size: {const['batch']['advice']}")
         best = const.get("best") or {}
         if best.get("test_accuracy") is not None:
             print(
@@ -176,30 +178,92 @@ def cmd_compare(args) -> int:
 
 
 def cmd_lr(args) -> int:
+    import json
+
     from services.results.lookup import lr_lookup, lr_notes, read_export
+    from services.results.settings import settings_at, settings_line
 
     doc = read_export(args.export)
     lr, const, warnings = lr_lookup(doc, args.batch_size, args.optimizer, args.reduction, args.schedule)
+    setting = settings_at(const, args.batch_size, lr)
+    if args.json:
+        print(json.dumps({**setting, "warnings": warnings, "evidence": lr_notes(const, args.batch_size)}))
+        return EXIT_OK
     for warning in warnings:
         print(f"samplewise: warning: {warning}", file=sys.stderr)
     if args.value_only:
         print(f"{lr:.6g}")
-    else:
-        answer = const.get("answer") or {}
-        used = (
-            f"; {answer['source']}, fitted over B in {answer['batch_range'][0]}..{answer['batch_range'][1]}"
-            if answer
-            else ""
-        )
+        return EXIT_OK
+    answer = const.get("answer") or {}
+    used = (
+        f"; {answer['source']}, fitted over B in {answer['batch_range'][0]}..{answer['batch_range'][1]}"
+        if answer
+        else ""
+    )
+    print(
+        f"lr = {lr:.6g} for batch_size {args.batch_size} "
+        f"({const['optimizer']}, {const['reduction']}: {const['formula']}{used})"
+    )
+    print(f"  at B = {args.batch_size}: {settings_line(setting)}")
+    formulas = (const.get("settings") or {}).get("formulas") or {
+        n: const[n] for n in ("eps", "weight_decay") if n in const
+    }
+    for formula in formulas.values():
+        print(f"  with {formula}")
+    for note in lr_notes(const, args.batch_size):
+        print(f"  {note}")
+    return EXIT_OK
+
+
+def cmd_batch(args) -> int:
+    import json
+
+    from services.results.lookup import lr_lookup, pick_constant, read_export
+    from services.results.recommend import recommend
+    from services.results.settings import settings_at, settings_line
+
+    doc = read_export(args.export)
+    const = pick_constant(doc, args.optimizer, args.reduction, args.schedule)
+    rec = recommend(const, args.sample_budget, args.step_budget)
+    lr, const, warnings = lr_lookup(doc, rec.batch_size, const["optimizer"], const["reduction"], const.get("schedule"))
+    setting = settings_at(const, rec.batch_size, lr)
+    if args.json:
         print(
-            f"lr = {lr:.6g} for batch_size {args.batch_size} "
-            f"({const['optimizer']}, {const['reduction']}: {const['formula']}{used})"
+            json.dumps(
+                {
+                    **setting,
+                    "goal": rec.goal,
+                    "predicted_steps": rec.steps,
+                    "predicted_samples": rec.samples,
+                    "target_val_loss": rec.target,
+                    "b_crit": rec.b_crit,
+                    "b_crit_interval": list(rec.interval),
+                    "note": rec.note,
+                    "warnings": warnings,
+                }
+            )
         )
-        for extra in ("eps", "weight_decay"):
-            if extra in const:
-                print(f"  with {const[extra]}")
-        for note in lr_notes(const, args.batch_size):
-            print(f"  {note}")
+        return EXIT_OK
+    for warning in warnings:
+        print(f"samplewise: warning: {warning}", file=sys.stderr)
+    lo, hi = rec.interval
+    print(f"batch_size = {rec.batch_size} ({const['optimizer']}, {const['reduction']}: {rec.goal})")
+    print(
+        f"  to reach val loss {rec.target:.4g}: about {rec.steps:.4g} steps, {rec.samples:.4g} samples "
+        f"(B_crit = {rec.b_crit:.3g} [{lo:.3g}, {hi:.3g}])"
+    )
+    print(f"  at B = {rec.batch_size}: {settings_line(setting)}")
+    if rec.note:
+        print(f"  {rec.note}")
+    print(f"  {const['batch']['advice']}")
+    return EXIT_OK
+
+
+def cmd_table(args) -> int:
+    from services.results.lookup import read_export
+    from services.results.transfer_table import markdown
+
+    print(markdown([read_export(path) for path in args.exports]))
     return EXIT_OK
 
 
@@ -327,8 +391,38 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["constant", "lr_decay", "batch_growth"],
         help="the schedule's constant (default: constant, when the sweep had one)",
     )
-    p.add_argument("--value-only", action="store_true", help="print only the number")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--value-only", action="store_true", help="print only the number")
+    out.add_argument(
+        "--json", action="store_true", help="the whole optimizer setting, warnings and evidence as one JSON object"
+    )
     p.set_defaults(func=cmd_lr)
+
+    p = sub.add_parser(
+        "batch",
+        help="the batch size for a goal, with its LR and optimizer setting, from an export",
+        description="Recommend a batch size from the export's critical batch size: the fewest steps within "
+        "a sample budget, the fewest samples within a step budget, or (no budget) B_crit itself; "
+        "exit 1 where the export cannot tell.",
+    )
+    p.add_argument("export", help="exports/<sweep>.json or .yaml")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw"])
+    p.add_argument("--reduction", choices=["mean", "sum"])
+    p.add_argument("--schedule", choices=["constant", "lr_decay", "batch_growth"])
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--sample-budget", type=float, help="samples you can afford to reach the target loss")
+    goal.add_argument("--step-budget", type=float, help="optimizer steps you can afford to reach the target loss")
+    p.add_argument("--json", action="store_true", help="the batch size and whole setting as one JSON object")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser(
+        "table",
+        help="one Markdown table of the transfer checks of several exports",
+        description="Per exported constant: the answer, the regret at each held-out batch size with "
+        "its interval, and the verdict.",
+    )
+    p.add_argument("exports", nargs="+", help="exports/<sweep>.json files")
+    p.set_defaults(func=cmd_table)
 
     p = sub.add_parser(
         "bench",

@@ -307,6 +307,7 @@ def run_sweep(
                 m.TAG_BUDGET_SAMPLES: str(budget_samples),
                 m.TAG_RAY_RUN: f"{storage}/{run_name}",
                 m.TAG_LOSS_UNIT: facts.loss_unit,
+                **({m.TAG_N_TRAIN: str(n_train)} if n_train else {}),
                 **(parent_tags or {}),
             },
         )

@@ -31,14 +31,24 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from search_spaces.scaling import ADAPTIVE, batch_exponents, lr_exponent
+from search_spaces.scaling import lr_exponent
 from services import metrics as m
 from services.errors import ExportError
 from services.results import summary
 from services.results.analysis import GroupSummary, TrialRecord, summarize
+from services.results.critical import CriticalBatch, critical_batch, critical_doc, with_b_simple
 from services.results.fit import CI
 from services.results.laws import LOBO_MARGIN, REGRET_FLOOR, LawFit
-from services.results.records import best_histories, find_parent_run, load_records, read_transfers, sweep_spec
+from services.results.records import (
+    best_histories,
+    find_parent_run,
+    load_records,
+    loss_curves,
+    metric_histories,
+    read_transfers,
+    sweep_spec,
+)
+from services.results.settings import settings_doc
 from services.results.table import edge_warning
 from services.results.transfer import Transfer
 from services.tracking.store import client_for
@@ -49,7 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 3
+EXPORT_VERSION = 4
 
 
 def _law_doc(law: LawFit, draws: bool = False) -> dict[str, Any]:
@@ -67,11 +77,6 @@ def _law_doc(law: LawFit, draws: bool = False) -> dict[str, Any]:
     if law.residuals:
         doc["residuals"] = [[round(math.exp(x)), r] for x, r in law.residuals]
     return doc
-
-
-def _setting_formula(name: str, value: float, batch_exponent: int) -> str:
-    """``eps = 1e-08 * batch_size``: a setting at any batch size, from the scaling rule."""
-    return f"{name} = {value:g}" + {0: "", 1: " * batch_size", -1: " / batch_size"}[batch_exponent]
 
 
 def _answer_doc(g: GroupSummary, reduction: str) -> Optional[dict[str, Any]]:
@@ -118,8 +123,51 @@ def _transfer_doc(g: GroupSummary, reduction: str, t: Optional[Transfer]) -> Opt
     }
 
 
+def _space_values(spec, params: dict[str, str]) -> dict[str, Any]:
+    """What the trials' optimizer settings were derived from: the spec's, or (a run without its
+    spec file) the parent run's params."""
+    if spec is not None:
+        sp = spec.space
+        return {
+            "reference_batch_size": sp.ref_batch_size,
+            "betas": list(sp.betas),
+            "eps": sp.eps,
+            "weight_decay": sp.weight_decay.value,
+            "decoupled_decay": sp.weight_decay.mode == "decoupled",
+            "decay_tie": sp.weight_decay.tie,
+            "momentum": sp.momentum,
+            "warmup_samples": spec.schedule.warmup_samples,
+        }
+    sizes = [int(b) for b in params.get("space.batch_sizes", "1").strip("[]").split(",") if b.strip()]
+    return {
+        "reference_batch_size": min(sizes or [1]),
+        "betas": [0.9, 0.999],
+        "eps": float(params.get("space.eps", "1e-8")),
+        "weight_decay": float(params.get("space.weight_decay.value", "0")),
+        "decoupled_decay": params.get("space.weight_decay.mode") == "decoupled",
+        "decay_tie": "fixed",
+        "momentum": float(params.get("space.momentum", "0.9")),
+        "warmup_samples": 0,
+    }
+
+
+def _n_train(spec, parent: "Run") -> Optional[int]:
+    tag = parent.data.tags.get(m.TAG_N_TRAIN)
+    if tag:
+        return int(tag)
+    budget = int(parent.data.tags.get(m.TAG_BUDGET_SAMPLES, 0))
+    epochs = spec.budget.epochs if spec is not None else None
+    return round(budget / epochs) if budget and epochs else None
+
+
 def _group_docs(
-    g: GroupSummary, spec_params: dict[str, str], test: Optional[dict] = None, transfer: Optional[Transfer] = None
+    g: GroupSummary,
+    spec_params: dict[str, str],
+    test: Optional[dict] = None,
+    transfer: Optional[Transfer] = None,
+    space: Optional[dict[str, Any]] = None,
+    n_train: Optional[int] = None,
+    critical: Optional[CriticalBatch] = None,
 ) -> list[dict[str, Any]]:
     """One constant per reduction of the group: pooled reductions share the answer, each in
     its own optimizer LR (and its own eps, weight decay and k)."""
@@ -143,14 +191,15 @@ def _group_docs(
             "per_batch_size": [asdict(b) for b in g.per_batch],
             "trials": g.counts,
         }
-        decoupled = spec_params.get("space.weight_decay.mode") == "decoupled"
-        exponents = batch_exponents(g.optimizer, red, g.rule, decoupled)
-        eps = float(spec_params.get("space.eps", "1e-8"))
-        if g.optimizer in ADAPTIVE:
-            doc["eps"] = _setting_formula("eps", eps, exponents["eps"])
-        wd = float(spec_params.get("space.weight_decay.value", "0"))
-        if wd:
-            doc["weight_decay"] = _setting_formula("weight_decay", wd, exponents["weight_decay"])
+        values = space or _space_values(None, spec_params)
+        # the decay's timescale from the mean-equivalent LR: a tied sum SGD's LR is over B, its decay times B
+        lr_ref = g.answer.law.lr(values["reference_batch_size"]) if g.answer else None
+        doc["settings"] = settings_doc(g.optimizer, red, g.rule, values, n_train, values["warmup_samples"], lr_ref)
+        if critical is not None:
+            doc["batch"] = critical_doc(critical)
+        for name in ("eps", "weight_decay"):
+            if name in doc["settings"]["formulas"]:
+                doc[name] = doc["settings"]["formulas"][name]
         if g.best:
             b = g.best
             doc["best"] = {
@@ -268,6 +317,7 @@ def build_export(
     parent: Optional["Run"] = None,
     tests: Optional[dict[str, dict]] = None,
     transfers: Optional[list[Transfer]] = None,
+    criticals: Optional[dict[str, CriticalBatch]] = None,
 ) -> dict[str, Any]:
     parent = parent or find_parent_run(client, sweep, parent_run_id)
     records = load_records(client, parent) if records is None else records
@@ -276,6 +326,9 @@ def build_export(
     spec = sweep_spec(client, parent)
     groups = summarize(records, spec.space.lr_ranges() if spec else None) if groups is None else groups
     tests = tests or {}
+    space = _space_values(spec, parent.data.params)
+    if criticals is None:
+        criticals = critical_batches(client, records, groups)
     if transfers is None:
         transfers = read_transfers(client, parent, groups, _tolerance(spec))
     by_group = {t.group: t for t in transfers}
@@ -290,9 +343,30 @@ def build_export(
         "budget_samples": int(parent.data.tags.get(m.TAG_BUDGET_SAMPLES, 0)),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "constants": [
-            doc for g in groups for doc in _group_docs(g, parent.data.params, tests.get(g.name), by_group.get(g.name))
+            doc
+            for g in groups
+            for doc in _group_docs(
+                g,
+                parent.data.params,
+                tests.get(g.name),
+                by_group.get(g.name),
+                space,
+                _n_train(spec, parent),
+                criticals.get(g.name),
+            )
         ],
     }
+
+
+def critical_batches(
+    client: "MlflowClient", records: list[TrialRecord], groups: list[GroupSummary]
+) -> dict[str, CriticalBatch]:
+    """Each group's critical batch size, from every trial's val-loss curve."""
+    curves = loss_curves(client, records)
+    out = {g.name: critical_batch(g, records, curves) for g in groups}
+    heads = sorted({p.run_id for c in out.values() for f in c.frontiers for p in f.points})
+    noise = metric_histories(client, heads, m.B_SIMPLE) if heads else {}
+    return {name: with_b_simple(c, noise) for name, c in out.items()}
 
 
 def _tolerance(spec) -> float:
@@ -325,12 +399,13 @@ def export_sweep(
     plots: bool = True,
     holdout: bool = True,
 ):
-    """Export a sweep: the constants (JSON, YAML) and the four plots, on disk and on the parent run.
+    """Export a sweep: the constants (JSON, YAML) and the plots, on disk and on the parent run.
 
     ``holdout``: evaluate each group's best configuration once on the test split
     (:mod:`services.results.holdout`), when the workload has one.
     """
     from services.results.holdout import test_best
+    from services.results.plot_frontier import write_frontier
     from services.results.plots import write_plots
 
     client = client_for(tracking_uri)
@@ -346,7 +421,17 @@ def export_sweep(
                 if result is not None:
                     tests[g.name] = result
     transfers = read_transfers(client, parent, groups, _tolerance(spec))
-    doc = build_export(client, sweep, records=records, groups=groups, parent=parent, tests=tests, transfers=transfers)
+    criticals = critical_batches(client, records, groups)
+    doc = build_export(
+        client,
+        sweep,
+        records=records,
+        groups=groups,
+        parent=parent,
+        tests=tests,
+        transfers=transfers,
+        criticals=criticals,
+    )
     files = write_export(doc, out_dir, client)
     if plots:
         rows = {
@@ -362,6 +447,8 @@ def export_sweep(
             doc["loss_unit"],
             transfers=rows,
         )
+        frontier = write_frontier(doc["sweep"], list(criticals.values()), out_dir)
+        pngs += [frontier] if frontier else []
         for png in pngs:
             client.log_artifact(parent.info.run_id, str(png), artifact_path="plots")
         files += pngs

@@ -198,6 +198,20 @@ class Export:
             warnings.warn(note, ExtrapolationWarning, stacklevel=2)
         return value
 
+    def settings(
+        self,
+        batch_size: int,
+        optimizer: Optional[str] = None,
+        reduction: Optional[str] = None,
+        schedule: Optional[str] = None,
+    ) -> dict[str, Any]:
+        """Every optimizer setting at ``batch_size``: lr (as :meth:`lr`, warning alike), betas and
+        eps (Adam), momentum, weight decay, warmup in samples, the decay timescale in epochs."""
+        from services.results.settings import settings_at
+
+        lr = self.lr(batch_size, optimizer, reduction, schedule)
+        return settings_at(self.constant(optimizer, reduction, schedule), batch_size, lr)
+
     def evidence(
         self,
         batch_size: int,

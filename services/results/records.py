@@ -158,3 +158,42 @@ def best_histories(client: "MlflowClient", groups: list[GroupSummary], records: 
                 history = client.get_metric_history(b.run_id, m.VAL_LOSS)
                 curves[(g.name, b.batch_size)] = sorted((p.step, p.value) for p in history)
     return curves
+
+
+BULK_RUNS = 500
+"""Runs per bulk metric-history query (a SQL ``IN`` list that SQLite takes at once)."""
+
+
+def metric_histories(
+    client: "MlflowClient", run_ids: list[str], key: str = m.VAL_LOSS
+) -> dict[str, list[tuple[float, float]]]:
+    """Each run's points (step, value) of metric ``key``: one query per :data:`BULK_RUNS` runs
+    on a SQL store, one per run through a tracking server (its REST API has no bulk history)."""
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    bulk = getattr(store, "get_metric_history_bulk", None)
+    out: dict[str, list[tuple[float, float]]] = {run_id: [] for run_id in run_ids}
+    if bulk is None:
+        for run_id in run_ids:
+            out[run_id] = [(p.step, p.value) for p in client.get_metric_history(run_id, key)]
+        return out
+    for i in range(0, len(run_ids), BULK_RUNS):
+        chunk = run_ids[i : i + BULK_RUNS]
+        for row in bulk(chunk, key, max_results=None):
+            out[row.run_id].append((row.step, row.value))
+    return out
+
+
+def loss_curves(client: "MlflowClient", records: list[TrialRecord]) -> dict[str, list[tuple[float, float]]]:
+    """Val-loss curves (samples seen, loss) of every usable trial, keyed by run id, starting at
+    (0, the loss before the first update) where the trial logged it."""
+    usable = {r.run_id: r for r in records if r.usable}
+    curves = {}
+    with _gc_paused():
+        histories = metric_histories(client, sorted(usable))
+    for run_id, r in usable.items():
+        points = sorted(histories[run_id])
+        if r.initial_loss is not None and (not points or points[0][0] > 0):
+            points.insert(0, (0, r.initial_loss))
+        if points:
+            curves[run_id] = [(float(x), float(y)) for x, y in points]
+    return curves

@@ -54,6 +54,8 @@ def prepare_sqlite(uri: str, create: bool) -> None:
     if not db.exists() and not create:
         raise ExportError(f"no MLflow store at {db}: run a sweep first (or give --tracking-uri)")
     try:
+        if create:  # a new SAMPLEWISE_HOME (or --tracking-uri's folder) is made, as a first run expects
+            db.parent.mkdir(parents=True, exist_ok=True)
         lock = open(db.with_name(db.name + ".lock"), "a")
     except OSError as err:
         raise TrackingError(f"MLflow tracking store {uri} is not usable: {err}") from None

@@ -37,9 +37,12 @@ def make_optimizer(
     if hp.optimizer in ("sgd", "momentum"):
         cls, kwargs = torch.optim.SGD, dict(lr=hp.lr, momentum=hp.momentum, weight_decay=coupled_wd)
     elif hp.optimizer == "adam":
-        cls, kwargs = torch.optim.Adam, dict(lr=hp.lr, eps=hp.eps, weight_decay=coupled_wd)
+        cls, kwargs = torch.optim.Adam, dict(lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=coupled_wd)
     elif hp.optimizer == "adamw":
-        cls, kwargs = torch.optim.AdamW, dict(lr=hp.lr, eps=hp.eps, weight_decay=hp.weight_decay)
+        cls, kwargs = (
+            torch.optim.AdamW,
+            dict(lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=hp.weight_decay),
+        )
     else:
         raise ValueError(f"optimizer: unknown {hp.optimizer!r}")
     try:

@@ -74,6 +74,11 @@ def pairs(batch_size: int) -> list[tuple[str, bool, TrialHParams, TrialHParams]]
     adam_sum, adam_mean = both(optimizer="adam", lr_per_sample=1e-4, eps=LARGE_EPS / B)
     l2_sum, l2_mean = both(optimizer="sgd", lr_per_sample=2e-3, weight_decay=0.05)
     adamw_sum, adamw_mean = both(optimizer="adamw", lr_per_sample=1e-4, eps=LARGE_EPS / B, weight_decay=0.05)
+    dsgd_sum, dsgd_mean = both(optimizer="sgd", lr_per_sample=2e-3, weight_decay=0.05, decoupled_decay=True)
+    ref = max(1, B // 4)  # the rules below move betas, eps and decay from a batch size 4x smaller
+    tied = dict(lr_per_sample=1e-4, eps=LARGE_EPS / B, weight_decay=0.05, reference_batch_size=ref)
+    sde_sum, sde_mean = both(optimizer="adam", rule="sde", betas=(0.8, 0.95), **tied)
+    half_sum, half_mean = both(optimizer="adamw", rule="sqrt_halflife", decay_tie="timescale", **tied)
     same = dataclasses.replace
     return [
         (f"SGD  sum(eta) vs mean(B*eta), B={B}", True, sgd_sum, sgd_mean),
@@ -81,6 +86,9 @@ def pairs(batch_size: int) -> list[tuple[str, bool, TrialHParams, TrialHParams]]
         (f"Adam  sum(eps={LARGE_EPS:g}) vs mean(eps/B)", True, adam_sum, adam_mean),
         ("SGD coupled L2  sum(lambda*B) vs mean(lambda)", True, l2_sum, l2_mean),
         ("AdamW  sum vs mean (decoupled decay, eps*B)", True, adamw_sum, adamw_mean),
+        ("SGD decoupled decay  sum(lambda*B) vs mean(lambda)", True, dsgd_sum, dsgd_mean),
+        (f"Adam rule sde  sum vs mean, B={B} = 4 x B_ref", True, sde_sum, sde_mean),
+        ("AdamW sqrt_halflife + decay timescale  sum vs mean", True, half_sum, half_mean),
         # controls: what the rules forbid must differ, or the check could not fail
         ("control: SGD  sum(B*eta) vs mean(B*eta)", False, same(sgd_sum, lr=sgd_mean.lr), sgd_mean),
         (
@@ -95,6 +103,13 @@ def pairs(batch_size: int) -> list[tuple[str, bool, TrialHParams, TrialHParams]]
             same(l2_sum, weight_decay=l2_mean.weight_decay),
             l2_mean,
         ),
+        (
+            "control: SGD decoupled decay  sum(lambda) vs mean(lambda)",
+            False,
+            same(dsgd_sum, weight_decay=dsgd_mean.weight_decay),
+            dsgd_mean,
+        ),
+        ("control: Adam sde  betas at B vs betas at B_ref", False, sde_mean, same(sde_mean, beta1=0.8, beta2=0.95)),
     ]
 
 

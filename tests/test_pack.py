@@ -154,12 +154,14 @@ def test_members_that_differ_in_more_than_the_lr_and_seed_are_not_a_pack(workloa
 
 def test_each_member_measures_the_noise_scale_it_measures_alone(workload):
     members = _members(optimizer="momentum")
-    budget = Budget(total_samples=3 * workload.n_train, interval_samples=workload.n_train, noise_batches=(16, 128))
+    budget = Budget(total_samples=3 * workload.n_train, interval_samples=workload.n_train // 2, noise_batches=(16, 128))
     packed: dict[int, list[dict]] = {i: [] for i in range(4)}
     train_pack(workload, members, budget, lambda i, r: packed[i].append(r))
     for i, hp in enumerate(members):
         alone = _alone(workload, hp, budget)
-        assert [r[m.B_SIMPLE] for r in packed[i]] == pytest.approx([r[m.B_SIMPLE] for r in alone], rel=1e-4)
+        got, want = [r.get(m.B_SIMPLE) for r in packed[i]], [r.get(m.B_SIMPLE) for r in alone]
+        assert [g is None for g in got] == [w is None for w in want], i  # not positive yet: both skip it
+        assert [g for g in got if g] == pytest.approx([w for w in want if w], rel=1e-4), i
         assert [r[m.VAL_LOSS] for r in packed[i]] == pytest.approx([r[m.VAL_LOSS] for r in alone], rel=1e-5)
     assert len({round(packed[i][-1][m.B_SIMPLE], 3) for i in range(4)}) > 1  # each member its own
 

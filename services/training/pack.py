@@ -39,7 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from search_spaces.scaling import TrialHParams
 from services import metrics as m
 from services.training.data import summed_loss
-from services.training.noise import NoiseScale
+from services.training.noise import NoiseScale, noise_window
 from services.training.optim import apply_settings, make_optimizer
 from services.training.packable import budget_refusal, workload_refusal
 from services.training.stacked import cut, mlp_forward, mlp_layers, stacked_losses
@@ -172,7 +172,8 @@ def train_pack(
     ]
     orders = [torch.Generator(device="cpu").manual_seed(hp.seed) for hp in members]
     noise_batches: Optional[tuple[int, int]] = budget.noise_batches
-    noises = [NoiseScale(noise_batches[0], noise_batches[1], seed=hp.seed) for hp in members] if noise_batches else []
+    window = noise_window(budget)
+    noises = [NoiseScale(*noise_batches, window=window, seed=hp.seed) for hp in members] if noise_batches else []
     if restored is None:
         models = []
         for hp in members:
@@ -253,7 +254,7 @@ def train_pack(
         g_small = torch.stack([norms([d[r] for d in draws]) for r in range(repeats)]).mean(0)
         g_large = norms([d[-1] for d in draws])
         return {
-            s: noises[live[s]].update(gs, gl, small, large)
+            s: noises[live[s]].update(gs, gl, small, large, samples)
             for s, gs, gl in zip(slots, g_small.tolist(), g_large.tolist())
         }
 

@@ -26,7 +26,7 @@ from search_spaces.schedules import Schedule
 from services import metrics as m
 from services.training.context import TrialContext
 from services.training.data import ItemMask, Split, count, forward, rows, rows_of, summed_loss, wide
-from services.training.noise import NoiseScale
+from services.training.noise import NoiseScale, noise_window
 from services.training.precision import Precision
 from services.training.workloads import Workload
 
@@ -223,7 +223,8 @@ def train_workload(ctx: TrialContext, workload: Workload, budget: Budget) -> dic
     order = torch.Generator(device="cpu").manual_seed(hp.seed)
     train, n = workload.train, workload.n_train
     on_device = workload.train_set is None  # tensors: the order lives where they do
-    noise = NoiseScale(*budget.noise_batches, seed=hp.seed) if budget.noise_batches else None
+    noise_batches = budget.noise_batches
+    noise = NoiseScale(*noise_batches, window=noise_window(budget), seed=hp.seed) if noise_batches else None
 
     perm = torch.empty(0, dtype=torch.long)
     pos, samples = n, 0  # pos = n forces a fresh permutation first
@@ -279,7 +280,7 @@ def train_workload(ctx: TrialContext, workload: Workload, budget: Budget) -> dic
             **initial,
         }
         healthy = all(math.isfinite(metrics[k]) for k in (m.TRAIN_LOSS, m.VAL_LOSS))
-        b_simple = noise.measure(model, workload) if noise and healthy else None
+        b_simple = noise.measure(model, workload, samples) if noise and healthy else None
         if b_simple is not None:
             metrics[m.B_SIMPLE] = b_simple
         state = TrialState(

@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install sweep test test-fast lint format bench bench-quick validate export transfer compare rules batch verify ui ui-check browser-deps up down status logs resume clean
+.PHONY: install sweep test test-fast lint format bench bench-adaptive bench-quick validate export transfer compare rules batch verify ui ui-check browser-deps up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ test-fast: install  ## the tests that need no real Ray or MLflow server (about a
 
 bench: install  ## measure samplewise against its goals (15-21 min on 2 cores); writes BENCHMARKS.md
 	$(BIN)/samplewise bench
+
+bench-adaptive: install  ## the adaptive searcher vs the full SGD and Adam grids alone (about 10 min); writes BENCHMARKS-adaptive.md
+	$(BIN)/samplewise bench --only adaptive
 
 bench-quick: install  ## every bench measurement at toy size: a smoke run of the whole bench (about two minutes)
 	$(BIN)/samplewise bench --quick

@@ -104,6 +104,12 @@ def suggest(trial: "optuna.Trial", space: SpaceSpec, seed: int, mode: str = "fre
         rng = space.lr_range(optimizer)
         name = lr_param(optimizer, cell["batch_size"] if mode == "stratified" else None)
         lr_per_sample = trial.suggest_float(name, rng.low, rng.high, log=True)
+    return cell_config(space, cell, lr_per_sample)
+
+
+def cell_config(space: SpaceSpec, cell: dict[str, Any], lr_per_sample: float) -> dict[str, Any]:
+    """The full derived config of one cell of ``space`` (:func:`cells`) at ``lr_per_sample``."""
+    optimizer = cell["optimizer"]
     hp = derive(
         batch_size=cell["batch_size"],
         reduction=cell["reduction"],

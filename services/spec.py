@@ -86,10 +86,22 @@ class WorkloadSpec(_Frozen):
 
 
 class SearcherSpec(_Frozen):
-    kind: Literal["tpe", "random", "grid"] = "tpe"
-    """TPE models the results; random is the baseline; grid walks every point once."""
+    kind: Literal["tpe", "random", "grid", "adaptive"] = "tpe"
+    """TPE models the results; random is the baseline; grid walks every point once; adaptive
+    places each round's LRs where lr*(B) is still uncertain (services/orchestration/adaptive.py)."""
     num_trials: Optional[int] = Field(default=None, ge=1, le=MAX_TRIALS)
     """Trials to run. Required for tpe and random; for grid it defaults to the grid size."""
+    max_trials: Optional[int] = Field(default=None, ge=1, le=MAX_TRIALS)
+    """adaptive: the most configurations it trains (required); it stops sooner once every
+    batch size's lr* is known to within ``target_interval``."""
+    target_interval: float = Field(default=0.25, gt=0, le=100, allow_inf_nan=False)
+    """adaptive: done when every batch size's lr* interval lies within lr*/(1 + t) .. lr*(1 + t)
+    (0.25: +-25%, about what a 16-point grid over three decades resolves)."""
+    first_round_lrs: int = Field(default=6, ge=3, le=256)
+    """adaptive: LRs per batch size in the first round, log-spaced over the whole range, at
+    the smallest, the middle and the largest batch size."""
+    round_lrs: int = Field(default=4, ge=2, le=256)
+    """adaptive: LRs per batch size in each later round, around its predicted lr*."""
     max_concurrent: int = Field(default=2, ge=1, le=10_000)
     """Trials running at once; one per CPU core suits small models."""
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
@@ -279,12 +291,27 @@ class SweepSpec(_Frozen):
                 raise ValueError(f"space: a grid of {size} points; at most {MAX_TRIALS} trials")
             if self.searcher.num_trials is not None and self.searcher.num_trials > size:
                 raise ValueError(f"searcher.num_trials: {self.searcher.num_trials} exceeds the grid's {size} points")
+        elif self.searcher.kind == "adaptive":
+            if self.searcher.num_trials is not None:
+                raise ValueError(
+                    f"searcher.num_trials: {self.searcher.num_trials}; the adaptive searcher takes max_trials"
+                )
+            if self.searcher.max_trials is None:
+                raise ValueError("searcher.max_trials: required for the adaptive searcher")
         elif self.searcher.num_trials is None:
             raise ValueError(f"searcher.num_trials: required for the {self.searcher.kind} searcher")
+        if self.searcher.kind != "adaptive" and self.searcher.max_trials is not None:
+            raise ValueError(
+                f"searcher.max_trials: {self.searcher.max_trials} is for the adaptive searcher; "
+                f"{self.searcher.kind} takes num_trials"
+            )
         return self
 
     @property
     def num_trials(self) -> int:
+        """Trials the sweep runs (adaptive: at most; it may stop sooner)."""
+        if self.searcher.max_trials is not None:
+            return self.searcher.max_trials
         if self.searcher.num_trials is not None:
             return self.searcher.num_trials
         return self.space.grid_size()

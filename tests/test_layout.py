@@ -23,6 +23,7 @@ LAYERS = (
 """Lowest first: a module may import its own layer and those below, never one above."""
 
 RAY_MODULES = {
+    "services.orchestration.adaptive",
     "services.orchestration.runner",
     "services.orchestration.schedulers",
     "services.orchestration.packs",

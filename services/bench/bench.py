@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from services.bench.adaptive import bench_adaptive
 from services.bench.loops import bench_compile, bench_packs, bench_training_loop
 from services.bench.packs import bench_limit, bench_packed_grid
 from services.bench.report import Result, to_markdown
@@ -19,13 +20,20 @@ from services.bench.store import bench_export
 from services.bench.sweeps import bench_orchestration, bench_search, bench_tracking
 from services.bench.transfer import bench_transfer
 
+ONLY = ("adaptive",)
+"""Parts of the bench ``--only`` runs by themselves (the rest needs the whole run)."""
 
-def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
+
+def run_bench(quick: bool, out: Path, command: str, only: str | None = None) -> list[Result]:
     import ray
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="samplewise-bench-") as tmp:
         store = Path(tmp)
+        if only == "adaptive":
+            results = bench_adaptive(quick, store)
+            out.write_text(to_markdown(results, command, time.perf_counter() - started, quick))
+            return results
         results = [bench_training_loop(quick), bench_packs(quick), bench_compile(quick)]
         started_ray = not ray.is_initialized()  # the test session may have one running already
         start = time.perf_counter()
@@ -40,6 +48,7 @@ def run_bench(quick: bool, out: Path, command: str) -> list[Result]:
             results += bench_limit(quick, store)
             results += [bench_packed_grid(quick, store), bench_packed_grid(quick, store, asha=True)]
             results += bench_transfer(quick, store)
+            results += bench_adaptive(quick, store)
         finally:
             if started_ray:
                 ray.shutdown()

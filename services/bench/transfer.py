@@ -41,14 +41,14 @@ def _tiny(spec):
 
 def _checked(spec, store: Path, db: str):
     """Sweep ``spec``, then its transfer check: (groups, transfers, report, share of the
-    sweep's samples the check trained)."""
+    sweep's samples the check trained, the sweep's wall seconds, its trial records)."""
     from services.orchestration.transfer import checked_groups, run_transfer, samples_share
     from services.results.analysis import summarize
     from services.results.records import find_parent_run, load_records
     from services.tracking.store import client_for
 
     uri = f"sqlite:///{store / db}"
-    _, _, outcome = timed_sweep(spec, store, uri, track=True)
+    wall, _, outcome = timed_sweep(spec, store, uri, track=True)
     transfers, report = run_transfer(
         spec,
         tracking_uri=uri,
@@ -60,7 +60,7 @@ def _checked(spec, store: Path, db: str):
     parent = find_parent_run(client, spec.name, outcome.parent_run_id)
     records = load_records(client, parent)
     groups = checked_groups(summarize(records, spec.space.lr_ranges()), spec)
-    return groups, transfers, report, samples_share(parent, records, transfers)
+    return groups, transfers, report, samples_share(parent, records, transfers), wall, records
 
 
 def _regret_row(name: str, transfers, report: str, tolerance: float, cost: float) -> Result:
@@ -100,9 +100,9 @@ def bench_transfer(quick: bool, store: Path) -> list[Result]:
     grid = load_spec(str(project_dir() / "sweeps" / "sgd_linear_scaling.yaml"))
     if quick:
         spec, grid = _tiny(spec), _tiny(grid)
-    groups, transfers, report, cost = _checked(spec, store, "transfer.db")
+    groups, transfers, report, cost, _, _ = _checked(spec, store, "transfer.db")
     rows = [_regret_row("quickstart answer at held-out batch sizes", transfers, report, spec.transfer.tolerance, cost)]
-    _, g_transfers, g_report, g_cost = _checked(grid, store, "transfer_grid.db")
+    _, g_transfers, g_report, g_cost, _, _ = _checked(grid, store, "transfer_grid.db")
     rows.append(
         _regret_row("SGD grid answer at held-out batch sizes", g_transfers, g_report, grid.transfer.tolerance, g_cost)
     )

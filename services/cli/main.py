@@ -37,7 +37,8 @@ def _load_checked(path: str):
 
 def cmd_validate(args) -> int:
     spec = _load_checked(args.spec)
-    print(f"{args.spec}: ok ({spec.name}: {spec.num_trials} trials, {spec.searcher.kind} search)")
+    at_most = "at most " if spec.searcher.kind == "adaptive" else ""
+    print(f"{args.spec}: ok ({spec.name}: {at_most}{spec.num_trials} trials, {spec.searcher.kind} search)")
     return EXIT_OK
 
 
@@ -53,6 +54,10 @@ def _summary(outcome, args, spec) -> tuple[int, list, list]:
     groups = summarize(trials, spec.space.lr_ranges())
     print()
     print(format_table(groups))
+    if spec.searcher.kind == "adaptive":
+        from services.orchestration.adaptive import stop_line
+
+        print(stop_line(spec, groups, len(trials)))
     print(format_outcomes(trials))
     print(f"\nMLflow parent run {outcome.parent_run_id}; export the constants with: make export SWEEP={args.spec}")
     if outcome.num_errors and outcome.num_errors >= spec.num_trials:
@@ -270,10 +275,13 @@ def cmd_table(args) -> int:
 def cmd_bench(args) -> int:
     from services.bench.bench import run_bench
 
-    out = Path(args.out or ("BENCHMARKS.md" if not args.quick else paths.state_dir() / "BENCHMARKS-quick.md"))
+    part = f"-{args.only}" if args.only else ""
+    default = f"BENCHMARKS{part}.md" if not args.quick else paths.state_dir() / f"BENCHMARKS{part}-quick.md"
+    out = Path(args.out or default)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "make bench-quick" if args.quick else "make bench"
-    for r in run_bench(args.quick, out, command):
+    command = f"make bench{part}" + ("-quick" if args.quick else "")
+    command = "samplewise bench --quick --only adaptive" if args.quick and args.only else command
+    for r in run_bench(args.quick, out, command, args.only):
         met = "" if r.met is None else ("  (goal met)" if r.met else "  (goal MISSED)")
         print(f"{r.name}: {r.figure}; goal {r.goal}{met}")
     print(f"wrote {out}")
@@ -432,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="every measurement at toy size (a smoke run)")
     p.add_argument("--out", help="report path (default BENCHMARKS.md; quick: .samplewise/BENCHMARKS-quick.md)")
+    p.add_argument(
+        "--only",
+        choices=("adaptive",),
+        help="run one part alone: adaptive (the adaptive searcher vs the full grids, about 10 min; "
+        "writes BENCHMARKS-adaptive.md)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

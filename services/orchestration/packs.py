@@ -43,6 +43,14 @@ def pack_size(spec: SweepSpec, n_params: Optional[int], refusal: Optional[str]) 
         return 1, "packs off: a workload.train loop trains one configuration at a time"
     if refusal:
         return 1, f"packs off: {refusal}"
+    if spec.searcher.kind == "adaptive":  # a round's LRs of one cell train together
+        size = max(spec.searcher.first_round_lrs, spec.searcher.round_lrs)
+        size = min(size, asked) if asked is not None else size
+        if n_params:
+            size = min(size, max(1, PACK_BYTES // (n_params * BYTES_PER_PARAM)))
+        if size == 1:
+            return 1, "packs off: a model whose pack would not fit in memory"
+        return size, f"packs of up to {size} (each round's LRs of a cell together)"
     mode = _mode(spec)
     if mode == "free":
         return 1, "packs off: the sampler picks the cell (searcher.stratify: false)"
@@ -139,11 +147,12 @@ class PackSearch(OptunaSearch):
             super().on_trial_complete(m.member_id(trial_id, j), member if member else None, error)
 
 
-def sweep_packs(spec: SweepSpec, facts: workloads.Facts) -> tuple[Optional[list], str]:
-    """The sweep's packs (None: one configuration per trial) and a line saying why."""
+def sweep_packs(spec: SweepSpec, facts: workloads.Facts) -> tuple[Optional[list], str, int]:
+    """The sweep's packs (None: one configuration per trial, or an adaptive search, which
+    packs each round as it plans it), a line saying why, and the pack size."""
     budget = budget_of(spec, facts.n_train)
     refusal = facts.pack_refusal or next(
         filter(None, (budget_refusal(budget, kind) for kind in spec.space.schedules)), None
     )
     size, why = pack_size(spec, facts.n_params, refusal)
-    return (plan(spec, size) if size > 1 else None), why
+    return (plan(spec, size) if size > 1 and spec.searcher.kind != "adaptive" else None), why, size

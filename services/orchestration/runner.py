@@ -15,6 +15,7 @@ import ray
 from ray import tune
 from ray.exceptions import RayActorError
 from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.tied import grid_points, tied_space
@@ -22,6 +23,7 @@ from services import metrics as m
 from services import paths
 from services.errors import ResumeError, SweepInterrupted
 from services.orchestration import rungs
+from services.orchestration.adaptive import AdaptiveSearch
 from services.orchestration.packs import PackSearch, sweep_packs
 from services.orchestration.progress import INTERRUPTED, InterruptWatch, ProgressPrinter
 from services.orchestration.schedulers import GroupedASHA
@@ -41,12 +43,18 @@ class SweepOutcome:
     num_errors: int
 
 
-def make_searcher(spec: SweepSpec, packs: Optional[list] = None) -> OptunaSearch:
+def make_searcher(
+    spec: SweepSpec, packs: Optional[list] = None, budget_samples: int = 0, pack_size: int = 1
+) -> Searcher:
     """OptunaSearch over the tied define-by-run space; the sampler follows ``searcher.kind``.
     With ``packs`` (:func:`services.orchestration.packs.plan`), a :class:`PackSearch` that
-    hands out each pack's members together."""
+    hands out each pack's members together. The adaptive searcher plans its rounds from what
+    the sweep found (:class:`AdaptiveSearch`, packs of up to ``pack_size``); it needs the
+    trials' ``budget_samples`` to tell a trial stopped early."""
     import optuna
 
+    if spec.searcher.kind == "adaptive":
+        return AdaptiveSearch(spec, budget_samples, pack_size)
     seed = spec.searcher.seed
     if spec.searcher.kind == "tpe":
         # multivariate: model c jointly with optimizer and batch size (SGD's and Adam's c differ
@@ -93,10 +101,10 @@ def make_scheduler(spec: SweepSpec, budget_samples: int, interval_samples: int, 
     return GroupedASHA(**asha_settings(spec, budget_samples, interval_samples))
 
 
-def member_rungs(spec: SweepSpec, packs: Optional[list], budget_samples: int, interval_samples: int):
+def member_rungs(spec: SweepSpec, packed: bool, budget_samples: int, interval_samples: int):
     """(name, handle) of the per-member ASHA actor a sweep of packs with ASHA on asks, else
     (None, None). The driver holds the handle until the sweep ends."""
-    if not (packs and spec.asha.enabled):
+    if not (packed and spec.asha.enabled):
         return None, None
     return rungs.start(asha_settings(spec, budget_samples, interval_samples))
 
@@ -241,8 +249,10 @@ def make_trainable(spec: SweepSpec, replay: dict | None = None, rungs: str | Non
 
 def check_complete(results, spec: SweepSpec, spec_path: str, trials: Optional[int] = None) -> None:
     """Raise :class:`SweepInterrupted` unless every trial (``trials`` Tune trials, default the
-    spec's) ended: on Ctrl-C, Tune saves its state and ``fit()`` returns as if the sweep were done."""
-    ended, total = results.num_terminated + results.num_errors, trials or spec.num_trials
+    spec's; an adaptive search: every trial it proposed, as it ends when its rule says) ended:
+    on Ctrl-C, Tune saves its state and ``fit()`` returns as if the sweep were done."""
+    ended = results.num_terminated + results.num_errors
+    total = len(results) if spec.searcher.kind == "adaptive" else trials or spec.num_trials
     if INTERRUPTED.is_set() or ended < total:
         # after an interrupt Tune counts the trials it stopped as ended: say how far only when that is known
         done = (
@@ -292,8 +302,8 @@ def run_sweep(
     facts = workloads.survey(spec.workload)
     n_train = facts.n_train
     budget_samples = spec.budget.total_samples(n_train or 0)
-    packs, packing = sweep_packs(spec, facts)
-    tune_trials = len(packs) if packs else spec.num_trials
+    packs, packing, size = sweep_packs(spec, facts)
+    tune_trials = len(packs) if packs else spec.num_trials  # adaptive: at most; it says when it is done
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = storage_path or paths.storage_path()
     tracker = None
@@ -316,7 +326,8 @@ def run_sweep(
         with _submission(tracker.finish if tracker else lambda status: None):
             started = init_ray(ray_address if ray_address is not None else paths.ray_address(), spec.name)
             stream.write(
-                f"sweep {spec.name}: {spec.num_trials} trials of {spec.workload.label}, "
+                f"sweep {spec.name}: {'at most ' if spec.searcher.kind == 'adaptive' else ''}{spec.num_trials} "
+                f"trials of {spec.workload.label}, "
                 f"{spec.searcher.kind} search, ASHA {'on' if spec.asha.enabled else 'off'}, {packing}; "
                 + (f"MLflow {uri}\n" if track else "MLflow off\n")
             )
@@ -324,14 +335,14 @@ def run_sweep(
             _snapshot_period(spec)
             INTERRUPTED.clear()
             interval = spec.budget.interval_samples(n_train)
-            rungs_name, _rungs_actor = member_rungs(spec, packs, budget_samples, interval)
+            rungs_name, _rungs_actor = member_rungs(spec, size > 1, budget_samples, interval)
             tuner = tune.Tuner(
                 make_trainable(spec, rungs=rungs_name),
                 tune_config=tune.TuneConfig(
                     metric=m.OBJECTIVE,
                     mode=m.MODE,
-                    search_alg=make_searcher(spec, packs),
-                    scheduler=make_scheduler(spec, budget_samples, interval, packed=bool(packs)),
+                    search_alg=make_searcher(spec, packs, budget_samples, size),
+                    scheduler=make_scheduler(spec, budget_samples, interval, packed=size > 1),
                     num_samples=tune_trials,
                     max_concurrent_trials=spec.searcher.max_concurrent,
                     reuse_actors=True,
@@ -408,10 +419,10 @@ def resume_sweep(
         INTERRUPTED.clear()
         with _submission(lambda status: client.set_terminated(parent.info.run_id, status=status)):
             facts = workloads.survey(spec.workload)
-            packs, _ = sweep_packs(spec, facts)
+            packs, _, size = sweep_packs(spec, facts)
             budget_samples = spec.budget.total_samples(facts.n_train or 0)
             interval = spec.budget.interval_samples(facts.n_train)
-            rungs_name, _rungs_actor = member_rungs(spec, packs, budget_samples, interval)
+            rungs_name, _rungs_actor = member_rungs(spec, size > 1, budget_samples, interval)
             tuner = tune.Tuner.restore(
                 path, trainable=make_trainable(spec, replay, rungs_name), resume_unfinished=True, resume_errored=True
             )

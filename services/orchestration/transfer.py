@@ -98,7 +98,7 @@ def sub_spec(spec: SweepSpec, batch_size: int, reduction: str, jobs: list[Job]) 
         lr_per_sample=lr_ranges,
         interleave=False,
     )
-    doc["searcher"] = {**doc["searcher"], "kind": "grid", "num_trials": None}
+    doc["searcher"] = {**doc["searcher"], "kind": "grid", "num_trials": None, "max_trials": None}
     doc["asha"] = {**doc["asha"], "enabled": False}
     doc["noise"] = {**doc["noise"], "enabled": False}
     doc["transfer"] = {**doc["transfer"], "enabled": False, "batch_sizes": None}

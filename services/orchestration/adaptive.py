@@ -38,6 +38,7 @@ from ray.tune.search import Searcher
 from search_spaces.scaling import RULE_EXPONENT, TrialHParams
 from search_spaces.tied import cell_config
 from services import metrics as m
+from services.orchestration.packs import member_results
 from services.results.analysis import GroupSummary, TrialRecord, analysis_key, pooled, summarize
 from services.results.fit import Optimum
 from services.spec import SweepSpec
@@ -323,7 +324,7 @@ class AdaptiveSearch(Searcher):
             n = math.ceil(len(members) / self.pack_size)
             for w in range(n):  # every n-th LR: each pack spans the cell's range
                 pack = members[w::n]
-                random.Random(hash_key(self.spec.searcher.seed, cell, w)).shuffle(pack)
+                random.Random(f"{self.spec.searcher.seed}|{cell}|{w}").shuffle(pack)  # a str seeds alike in any process
                 packs.append(pack)
         return packs
 
@@ -345,7 +346,7 @@ class AdaptiveSearch(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self.live:
             return
-        members = packs_members(result) if self.pack_size > 1 else {0: result}
+        members = member_results(result) if self.pack_size > 1 else {0: result}
         for j, metrics in members.items():
             self.last.setdefault(trial_id, {})[j] = metrics
 
@@ -365,15 +366,3 @@ class AdaptiveSearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
-
-
-def packs_members(result: dict) -> dict[int, dict]:
-    from services.orchestration.packs import member_results
-
-    return member_results(result)
-
-
-def hash_key(seed: int, cell: tuple, window: int) -> int:
-    """A stable seed for one pack's member order (Python's ``hash`` of a str changes per process)."""
-    text = f"{seed}|{cell}|{window}"
-    return sum((i + 1) * ord(ch) for i, ch in enumerate(text))

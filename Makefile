@@ -10,8 +10,12 @@ SWEEP  ?= sweeps/quickstart.yaml
 TEST_WORKERS ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# PostgreSQL's driver (the project's optional extra `postgres`), for make up BACKEND=postgres, an
+# MLFLOW_BACKEND_STORE_URI=postgresql://..., and the tests that run MLflow on PostgreSQL.
+PG_STAMP := $(VENV)/.installed-postgres
+NEEDS_PG := $(if $(filter postgres,$(BACKEND))$(filter postgresql%,$(MLFLOW_BACKEND_STORE_URI)),$(PG_STAMP))
 
-.PHONY: install sweep test test-fast lint format bench bench-adaptive bench-quick validate export transfer compare rules batch verify ui ui-check browser-deps up down status logs resume clean
+.PHONY: install sweep test test-fast lint format bench bench-adaptive bench-store bench-quick validate export transfer compare rules batch verify ui ui-check browser-deps up down status logs resume clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,13 +24,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(PG_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,postgres]"
+	touch $(PG_STAMP)
+
 install: $(STAMP)  ## create .venv and install samplewise (skipped when nothing changed)
 
 sweep: install  ## run a sweep: make sweep SWEEP=sweeps/x.yaml
 	$(BIN)/samplewise sweep $(SWEEP)
 
-test: install  ## run the test suite (TEST_WORKERS=1: in one process)
-	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS)) $(PYTEST_ARGS)
+test: install $(PG_STAMP)  ## run the test suite (TEST_WORKERS=1: in one process)
+	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 lint: install  ## ruff (lint and format check; make format rewrites) and mypy (types)
 	$(BIN)/ruff check samplewise services search_spaces tests
@@ -40,13 +48,16 @@ format: install  ## rewrite the code in the project's format and fix what ruff c
 test-fast: install  ## the tests that need no real Ray or MLflow server (about a minute)
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-bench: install  ## measure samplewise against its goals (15-21 min on 2 cores); writes BENCHMARKS.md
+bench: install $(PG_STAMP)  ## measure samplewise against its goals (15-21 min on 2 cores); writes BENCHMARKS.md
 	$(BIN)/samplewise bench
 
 bench-adaptive: install  ## the adaptive searcher vs the full SGD and Adam grids alone (about 10 min); writes BENCHMARKS-adaptive.md
 	$(BIN)/samplewise bench --only adaptive
 
-bench-quick: install  ## every bench measurement at toy size: a smoke run of the whole bench (about two minutes)
+bench-store: install $(PG_STAMP)  ## export and status over a 100,000-run store, MLflow server on SQLite and on PostgreSQL; writes BENCHMARKS-store.md
+	$(BIN)/samplewise bench --only store
+
+bench-quick: install $(PG_STAMP)  ## every bench measurement at toy size: a smoke run of the whole bench (about two minutes)
 	$(BIN)/samplewise bench --quick
 
 validate: install  ## check a spec without running it
@@ -84,8 +95,8 @@ ui-check: install  ## open the sweep's runs in headless Chromium, save a screens
 browser-deps:  ## install Debian's chromium and chromium-driver for ui-check (needs root)
 	apt-get update && apt-get install -y chromium chromium-driver
 
-up: install  ## start a local MLflow server and Ray head (127.0.0.1) in the background
-	$(BIN)/samplewise up $(if $(BIND_HOST),--host $(BIND_HOST)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(RAY_PORT),--ray-port $(RAY_PORT))
+up: install $(NEEDS_PG)  ## start a local MLflow server (BACKEND=sqlite|postgres) and Ray head (127.0.0.1) in the background
+	$(BIN)/samplewise up $(if $(BACKEND),--backend $(BACKEND)) $(if $(BIND_HOST),--host $(BIND_HOST)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT)) $(if $(RAY_PORT),--ray-port $(RAY_PORT)) $(if $(PG_PORT),--pg-port $(PG_PORT))
 
 down: install  ## stop exactly what make up started
 	$(BIN)/samplewise down

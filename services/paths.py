@@ -30,6 +30,17 @@ def state_dir() -> Path:
     return project_dir() / ".samplewise"
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` atomically, readable by its owner only (0600): state files name ports,
+    pids, logs and passwords of the user's services."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
 def services_record() -> Path:
     """Where ``make up`` records what it started (pids, start times, addresses, logs)."""
     return state_dir() / "services.json"

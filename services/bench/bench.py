@@ -18,9 +18,10 @@ from services.bench.packs import bench_limit, bench_packed_grid
 from services.bench.report import Result, to_markdown
 from services.bench.store import bench_export
 from services.bench.sweeps import bench_orchestration, bench_search, bench_tracking
+from services.bench.team_store import bench_team_store
 from services.bench.transfer import bench_transfer
 
-ONLY = ("adaptive",)
+ONLY = ("adaptive", "store")
 """Parts of the bench ``--only`` runs by themselves (the rest needs the whole run)."""
 
 
@@ -30,8 +31,8 @@ def run_bench(quick: bool, out: Path, command: str, only: str | None = None) -> 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="samplewise-bench-") as tmp:
         store = Path(tmp)
-        if only == "adaptive":
-            results = bench_adaptive(quick, store)
+        if only in ONLY:
+            results = bench_adaptive(quick, store) if only == "adaptive" else bench_team_store(quick, store)
             out.write_text(to_markdown(results, command, time.perf_counter() - started, quick))
             return results
         results = [bench_training_loop(quick), bench_packs(quick), bench_compile(quick)]
@@ -53,5 +54,6 @@ def run_bench(quick: bool, out: Path, command: str, only: str | None = None) -> 
             if started_ray:
                 ray.shutdown()
         results += [bench_export(quick, store), memory]
+        results += bench_team_store(quick, store)
     out.write_text(to_markdown(results, command, time.perf_counter() - started, quick))
     return results

@@ -4,6 +4,7 @@ and the detached submission of sweeps while ``make up`` runs."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,18 @@ def cmd_up(args) -> int:
             "change your runs and submit jobs to Ray",
             file=sys.stderr,
         )
-    record = local.up(args.host, args.mlflow_port, args.ray_port, args.num_cpus)
+    record = local.up(
+        args.host,
+        args.mlflow_port,
+        args.ray_port,
+        args.num_cpus,
+        backend=args.backend,
+        pg_port=args.pg_port,
+        store_uri=os.environ.get("MLFLOW_BACKEND_STORE_URI") or None,
+    )
+    if "postgres" in record and record["mlflow"].get("backend") == "postgres":
+        pg = record["postgres"]
+        print(f"PostgreSQL     {pg['address']}  (pid {pg['pid']}, data {pg['data']})")
     print(
         f"MLflow server  {record['mlflow']['url']}  (pid {record['mlflow']['pid']}, store {record['mlflow']['store']})"
     )
@@ -68,30 +80,42 @@ def cmd_down(args) -> int:
     return EXIT_OK
 
 
-def _trial_counts(uri: str, sweep: str, total: int | None) -> str:
+PROGRESS_LINE = re.compile(r"^\[\s*(\d+)/(\d+)\] .*?  (done|stopped by ASHA|diverged|FAILED)", re.MULTILINE)
+"""A driver's line per configuration that ended (:class:`services.orchestration.progress.ProgressPrinter`)."""
+
+
+def _progress(log: str) -> str:
+    """How far a detached sweep is, from its driver's own log: the configurations that ended,
+    of how many, and how (the driver counts them from Tune's trial states, so a resumed sweep
+    counts on). Reading a log file is as fast with 100,000 runs in the store as with none."""
+    try:
+        with open(log, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return "progress unknown (no log)"
+    lines = PROGRESS_LINE.findall(text)
+    if not lines:
+        return "starting"
+    outcomes = [outcome for _, _, outcome in lines]
+    done, total = lines[-1][0], lines[-1][1]
+    how = ", ".join(f"{outcomes.count(o)} {o.lower().replace(' by asha', '')}" for o in dict.fromkeys(outcomes))
+    return f"{done}/{total} ended ({how})"
+
+
+def _trial_counts(uri: str, log: str) -> str:
+    """The sweep's progress, and whether its tracking store answers (within 3 s: MLflow's own
+    client would retry for minutes)."""
     from services.errors import TrackingError
-    from services.results import records
     from services.tracking import store
 
-    try:  # a server that does not answer must not hold status up: MLflow would retry for minutes
+    progress = _progress(log)
+    try:
         store.check_store(uri, timeout_s=3, create=False)
     except TrackingError:
-        return f"trials unknown (MLflow at {uri} does not answer)"
+        return f"{progress}; MLflow at {uri} does not answer (the driver holds its writes)"
     except Exception as err:  # noqa: BLE001 - status prints whatever it can
-        return f"trials unknown ({str(err).splitlines()[0][:80]})"
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
-    try:
-        client = store.client_for(uri)
-        parent = records.find_parent_run(client, sweep)
-        runs = records.load_records(client, parent)
-    except Exception as err:  # status must print whatever it can
-        return f"trials unknown ({str(err).splitlines()[0][:80]})"
-    states = [r.status for r in runs]
-    return (
-        f"{states.count('FINISHED')} finished, {states.count('RUNNING')} running, "
-        f"{states.count('FAILED')} failed" + (f" of {total}" if total else "")
-    )
+        return f"{progress}; MLflow at {uri}: {str(err).splitlines()[0][:80]}"
+    return progress
 
 
 def cmd_status(args) -> int:
@@ -99,11 +123,13 @@ def cmd_status(args) -> int:
 
     services = paths.running_services()
     record = paths.read_services()
-    for name, label in (("mlflow", "MLflow server"), ("ray", "Ray head")):
+    shown = [("postgres", "PostgreSQL")] if "postgres" in record else []  # only where up started one
+    for name, label in shown + [("mlflow", "MLflow server"), ("ray", "Ray head")]:
         svc = services.get(name)
         if svc:
             where = svc.get("url") or svc.get("address")
-            print(f"{label:<14} running  {where}  (pid {svc['pid']})")
+            store = f", store {svc['store']}" if svc.get("store") else ""
+            print(f"{label:<14} running  {where}  (pid {svc['pid']}{store})")
         elif name in record and processes.leftovers(record[name]):
             print(
                 f"{label:<14} broken   (pid {record[name]['pid']} is gone but {len(processes.leftovers(record[name]))} "
@@ -117,7 +143,7 @@ def cmd_status(args) -> int:
     print(f"sweeps in progress: {len(active) or 'none'}")
     for s in active:
         since = time.strftime("%H:%M:%S", time.localtime(s["started"]))
-        counts = _trial_counts(s["tracking_uri"], s["sweep"], s.get("num_trials"))
+        counts = _trial_counts(s["tracking_uri"], s["log"])
         print(f"  {s['sweep']:<20} pid {s['pid']}  since {since}  {counts}  log {s['log']}")
     if not services:
         print(f"sweeps run embedded: local Ray, MLflow {paths.tracking_uri()}")
@@ -209,9 +235,14 @@ def add_commands(sub, with_store) -> None:
     p = sub.add_parser(
         "up",
         help="start a local MLflow server and Ray head in the background",
-        description="Start an MLflow tracking server (SQLite store under .samplewise/server) and a "
-        "Ray head node, bound to 127.0.0.1 unless --host says otherwise.",
+        description="Start an MLflow tracking server and a Ray head node, bound to 127.0.0.1 unless "
+        "--host says otherwise. The server's store: $MLFLOW_BACKEND_STORE_URI if set (a database you run), "
+        "else --backend: sqlite (.samplewise/server/mlflow.db) or postgres (a PostgreSQL cluster samplewise "
+        "creates under .samplewise/postgres, listening on 127.0.0.1 only). Without --backend: postgres where "
+        "that cluster exists, else sqlite.",
     )
+    p.add_argument("--backend", choices=["sqlite", "postgres"], help="the MLflow server's store (see above)")
+    p.add_argument("--pg-port", type=int, default=5433, help="port of the local PostgreSQL (default 5433)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--ray-port", type=int, default=6379)

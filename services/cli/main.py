@@ -280,7 +280,7 @@ def cmd_bench(args) -> int:
     out = Path(args.out or default)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = f"make bench{part}" + ("-quick" if args.quick else "")
-    command = "samplewise bench --quick --only adaptive" if args.quick and args.only else command
+    command = f"samplewise bench --quick --only {args.only}" if args.quick and args.only else command
     for r in run_bench(args.quick, out, command, args.only):
         met = "" if r.met is None else ("  (goal met)" if r.met else "  (goal MISSED)")
         print(f"{r.name}: {r.figure}; goal {r.goal}{met}")
@@ -442,9 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report path (default BENCHMARKS.md; quick: .samplewise/BENCHMARKS-quick.md)")
     p.add_argument(
         "--only",
-        choices=("adaptive",),
+        choices=("adaptive", "store"),
         help="run one part alone: adaptive (the adaptive searcher vs the full grids, about 10 min; "
-        "writes BENCHMARKS-adaptive.md)",
+        "writes BENCHMARKS-adaptive.md), store (export and status over a 100,000-run store through an "
+        "MLflow server on SQLite and on PostgreSQL; writes BENCHMARKS-store.md)",
     )
     p.set_defaults(func=cmd_bench)
 

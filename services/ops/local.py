@@ -49,14 +49,21 @@ def _wait(check, what: str, pid: int, log: Path, timeout_s: float) -> None:
     raise ServiceError(f"{what} did not come up within {timeout_s:.0f} s; see {log}")
 
 
-def _spawn(cmd: list[str], log: Path, env: Optional[dict] = None) -> dict:
+def _spawn(cmd: list[str], log: Path, env: Optional[dict] = None, **popen) -> dict:
     """Start ``cmd`` in its own session (so its group can be stopped whole); returns its pid and
-    start time, which together identify it."""
+    start time, which together identify it. ``popen``: more ``subprocess.Popen`` arguments (the
+    user PostgreSQL runs as)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(fd, "ab") as out:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            **popen,
         )  # own group: down stops all of it
     return {"pid": proc.pid, "start": processes.start_time(proc.pid)}
 
@@ -115,18 +122,101 @@ def bin_path(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+BACKENDS = ("sqlite", "postgres")
+"""The MLflow server's stores ``make up`` can run on its own: SQLite (``.samplewise/server/mlflow.db``,
+the default) or a PostgreSQL cluster it creates (:mod:`services.ops.postgres`)."""
+
+
+def choose_backend(backend: Optional[str], store_uri: Optional[str]) -> str:
+    """``external`` for a store the user gives (``MLFLOW_BACKEND_STORE_URI``), else ``backend``,
+    else PostgreSQL where samplewise created its cluster before, else SQLite."""
+    from services.ops import postgres
+
+    if store_uri:
+        if backend:
+            raise ServiceError(
+                f"BACKEND={backend} and MLFLOW_BACKEND_STORE_URI={postgres.redact(store_uri)[:80]} both name a "
+                "store: give one"
+            )
+        return "external"
+    if backend is None:
+        return "postgres" if postgres.exists() else "sqlite"
+    if backend not in BACKENDS:
+        raise ServiceError(f"BACKEND={backend[:40]!r} is not one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def _need_driver(store_uri: str) -> None:
+    """Fail before starting the server when the database driver ``store_uri`` needs is missing."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(store_uri).get_dialect().import_dbapi()
+    except ImportError as err:
+        hint = " (make up BACKEND=postgres installs it)" if store_uri.startswith("postgresql") else ""
+        raise ServiceError(
+            f"the MLflow server's store needs a database driver that is not installed ({err}): "
+            f"pip install -e '.[postgres]'{hint}"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - not a database URL SQLAlchemy reads
+        raise ServiceError(f"MLFLOW_BACKEND_STORE_URI is not a database URL ({str(err)[:120]})") from None
+
+
+def _start_postgres(record: dict, port: int, timeout_s: float) -> dict:
+    """Create (once) and start samplewise's PostgreSQL cluster unless it runs; its record."""
+    from services.ops import postgres
+
+    current = record.get("postgres") or paths.read_services().get("postgres")  # running, else as last recorded
+    if isinstance(current, dict) and processes.ours(current):
+        return current
+    _clear_leftovers(current)
+    port = current["port"] if isinstance(current, dict) and "port" in current else port
+    postgres.init()
+    if not _port_free(postgres.HOST, port):
+        raise ServiceError(f"port {postgres.HOST}:{port} is taken; choose another with PG_PORT=...")
+    log = paths.state_dir() / "logs" / "postgres.log"
+    proc = _spawn(postgres.command(port), log, postgres.pg_env(), **postgres.popen_user())
+    record["postgres"] = {
+        **proc,
+        "address": f"{postgres.HOST}:{port}",
+        "host": postgres.HOST,
+        "port": port,
+        "log": str(log),
+        "data": str(postgres.data_dir()),
+        "stop_signal": "SIGINT",  # fast shutdown: roll back what is open, keep what was committed
+    }
+    _save(record)
+    _wait(lambda: postgres.ready(port), "PostgreSQL", proc["pid"], log, timeout_s)
+    postgres.ensure_database(port)
+    return record["postgres"]
+
+
 def up(
     host: str = "127.0.0.1",
     mlflow_port: int = 5000,
     ray_port: int = 6379,
     num_cpus: Optional[int] = None,
     timeout_s: float = 90,
+    backend: Optional[str] = None,
+    pg_port: int = 5433,
+    store_uri: Optional[str] = None,
 ) -> dict:
-    """Start the MLflow server and the Ray head (whichever is not already running)."""
+    """Start the MLflow server (on the store :func:`choose_backend` picks), and the Ray head,
+    whichever is not already running."""
+    from services.ops import postgres
+
     state = paths.state_dir()
     current = paths.running_services()
     record = dict(current)
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if "mlflow" in current:  # it keeps its store; PostgreSQL under it is started again if it stopped
+        chosen = current["mlflow"].get("backend", "sqlite")
+        if (backend or store_uri) and choose_backend(backend, store_uri) != chosen:
+            raise ServiceError(f"the MLflow server runs on {chosen} ({current['mlflow']['store']}); make down first")
+        if chosen == "postgres":
+            _start_postgres(record, pg_port, timeout_s)
+    else:
+        chosen = choose_backend(backend, store_uri)
     if "mlflow" not in current:
         _clear_leftovers(paths.read_services().get("mlflow"))
         if not _port_free(host, mlflow_port):
@@ -134,13 +224,24 @@ def up(
         server = state / "server"
         (server / "artifacts").mkdir(parents=True, exist_ok=True)
         log = state / "logs" / "mlflow-server.log"
+        env = server_env()
+        if chosen == "sqlite":
+            uri, shown = f"sqlite:///{server / 'mlflow.db'}", str(server / "mlflow.db")
+        else:
+            _need_driver(postgres.uri(pg_port) if chosen == "postgres" else store_uri or "")  # before anything starts
+            if chosen == "postgres":
+                pg = _start_postgres(record, pg_port, timeout_s)
+                uri = postgres.uri(pg["port"])
+                env.update(postgres.client_env())
+            else:
+                uri = store_uri or ""
+            shown = postgres.redact(uri)
+        env["MLFLOW_BACKEND_STORE_URI"] = uri  # read by mlflow server: no password on its command line
         cmd = [
             sys.executable,
             "-m",
             "mlflow",
             "server",
-            "--backend-store-uri",
-            f"sqlite:///{server / 'mlflow.db'}",
             "--artifacts-destination",
             str(server / "artifacts"),
             "--host",
@@ -152,7 +253,7 @@ def up(
         ]
         if host not in LOOPBACK:
             cmd += ["--allowed-hosts", "*", "--cors-allowed-origins", "*"]
-        proc = _spawn(cmd, log, server_env())
+        proc = _spawn(cmd, log, env)
         pid = proc["pid"]
         url = f"http://{connect_host}:{mlflow_port}"
         record["mlflow"] = {
@@ -161,7 +262,8 @@ def up(
             "host": host,
             "port": mlflow_port,
             "log": str(log),
-            "store": str(server / "mlflow.db"),
+            "store": shown,
+            "backend": chosen,
         }
         _save(record)
         _wait(lambda: _http_ok(f"{url}/health"), "the MLflow server", pid, log, timeout_s)
@@ -215,29 +317,23 @@ def private_ray_token() -> Path:
 def _clear_leftovers(record: dict | None) -> None:
     """Stop what is left of a recorded service whose leader died (it may hold the port)."""
     if isinstance(record, dict) and processes.leftovers(record):
-        _stop_group(record["pid"])
+        _stop_group(record["pid"], _first_signal(record))
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``path`` atomically, readable by its owner only (0600): state files name ports,
-    pids and logs of the user's services."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
+def _first_signal(record: dict) -> signal.Signals:
+    return signal.Signals[record.get("stop_signal", "SIGTERM")]
 
 
 def _save(record: dict) -> None:
-    write_private(paths.services_record(), json.dumps(record, indent=2))
+    paths.write_private(paths.services_record(), json.dumps(record, indent=2))
 
 
-def _stop_group(pid: int) -> None:
-    """SIGTERM the leader (``ray start --block`` then stops its own children in order), then
-    whatever is left of its group (MLflow's job consumers), then SIGKILL."""
+def _stop_group(pid: int, first: signal.Signals = signal.SIGTERM) -> None:
+    """Send ``first`` to the leader (SIGTERM: ``ray start --block`` then stops its own children in
+    order; SIGINT: PostgreSQL's fast shutdown), then SIGTERM whatever is left of its group
+    (MLflow's job consumers), then SIGKILL."""
     steps = (
-        (lambda: os.kill(pid, signal.SIGTERM), 15),
+        (lambda: os.kill(pid, first), 15),
         (lambda: os.killpg(pid, signal.SIGTERM), 5),
         (lambda: os.killpg(pid, signal.SIGKILL), 5),
     )
@@ -258,9 +354,9 @@ def _stop_group(pid: int) -> None:
             return
 
 
-def stop(pid: int) -> None:
-    """Stop a process group this module started."""
-    _stop_group(pid)
+def stop(pid: int, first: signal.Signals = signal.SIGTERM) -> None:
+    """Stop a process group this module started (``first``: see :func:`_stop_group`)."""
+    _stop_group(pid, first)
 
 
 def down(driver_grace_s: float = 60.0) -> list[str]:
@@ -270,14 +366,16 @@ def down(driver_grace_s: float = 60.0) -> list[str]:
     stopped = [
         f"sweep {s['sweep']} (pid {s['pid']})" for s in sweeps(active_only=True) if stop_driver(s, driver_grace_s)
     ]
-    for name, svc in paths.read_services().items():
+    recorded = paths.read_services()
+    for name in sorted(recorded, key=lambda name: name == "postgres"):  # the database after its clients
+        svc = recorded[name]
         if not isinstance(svc, dict):
             continue
         if processes.ours(svc):
-            _stop_group(svc["pid"])
+            _stop_group(svc["pid"], _first_signal(svc))
             stopped.append(f"{name} (pid {svc['pid']})")
         elif processes.leftovers(svc):
-            _stop_group(svc["pid"])
+            _stop_group(svc["pid"], _first_signal(svc))
             stopped.append(f"{name} (what was left of pid {svc['pid']}'s group)")
     paths.services_record().unlink(missing_ok=True)
     return stopped
@@ -336,7 +434,7 @@ def submit_detached(command: str, spec_path: str, sweep: str, num_trials: int, s
         "started": time.time(),
         "tracking_uri": env["MLFLOW_TRACKING_URI"],
     }
-    write_private(_sweeps_dir() / f"{sweep}-{stamp}.json", json.dumps(record, indent=2))
+    paths.write_private(_sweeps_dir() / f"{sweep}-{stamp}.json", json.dumps(record, indent=2))
     return record
 
 

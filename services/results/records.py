@@ -109,9 +109,7 @@ def transfer_runs(client: "MlflowClient", parent: "Run") -> list[tuple[int, dict
     import json
 
     out = []
-    for run in child_runs(client, parent.info.experiment_id, parent.info.run_id):
-        if run.data.tags.get(m.TAG_ROLE) != "transfer":
-            continue
+    for run in child_runs(client, parent.info.experiment_id, parent.info.run_id, role="transfer"):
         try:
             answers = json.loads(run.data.tags.get(m.TAG_TRANSFER_ANSWERS, "{}"))
             batch_size = int(run.data.tags.get(m.TAG_TRANSFER_BATCH, "0"))
@@ -163,16 +161,48 @@ def best_histories(client: "MlflowClient", groups: list[GroupSummary], records: 
 BULK_RUNS = 500
 """Runs per bulk metric-history query (a SQL ``IN`` list that SQLite takes at once)."""
 
+SERVER_BULK_RUNS, SERVER_BULK_POINTS = 100, 25_000
+"""The most runs, and points, one bulk history request to an MLflow server returns (its
+``metrics/get-history-bulk`` endpoint, the one its UI charts use)."""
+
+
+def _server_histories(store, run_ids: list[str], key: str, out: dict) -> bool:
+    """Fill ``out`` through an MLflow server's bulk history endpoint, 100 runs a request (5,000
+    runs: 50 requests, not 5,000); False where the server has no such endpoint."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.rest_utils import http_request
+
+    endpoint = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+    for i in range(0, len(run_ids), SERVER_BULK_RUNS):
+        chunk = run_ids[i : i + SERVER_BULK_RUNS]
+        params = {"run_id": chunk, "metric_key": key, "max_results": SERVER_BULK_POINTS}
+        response = http_request(store.get_host_creds(), endpoint, "GET", params=params)
+        if response.status_code == 404:
+            return False
+        if response.status_code != 200:
+            raise MlflowException(f"{endpoint} answered HTTP {response.status_code}: {response.text[:200]}")
+        points = response.json().get("metrics", [])
+        if len(points) >= SERVER_BULK_POINTS:  # cut at the cap: these runs one by one
+            for run_id in chunk:
+                out[run_id] = [(p.step, p.value) for p in store.get_metric_history(run_id, key)]
+            continue
+        for point in points:
+            out[point["run_id"]].append((int(point.get("step", 0)), float(point["value"])))
+    return True
+
 
 def metric_histories(
     client: "MlflowClient", run_ids: list[str], key: str = m.VAL_LOSS
 ) -> dict[str, list[tuple[float, float]]]:
     """Each run's points (step, value) of metric ``key``: one query per :data:`BULK_RUNS` runs
-    on a SQL store, one per run through a tracking server (its REST API has no bulk history)."""
+    on a SQL store, one request per :data:`SERVER_BULK_RUNS` runs through a tracking server
+    (one per run where the server has no bulk endpoint)."""
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     bulk = getattr(store, "get_metric_history_bulk", None)
     out: dict[str, list[tuple[float, float]]] = {run_id: [] for run_id in run_ids}
     if bulk is None:
+        if hasattr(store, "get_host_creds") and _server_histories(store, run_ids, key, out):
+            return out
         for run_id in run_ids:
             out[run_id] = [(p.step, p.value) for p in client.get_metric_history(run_id, key)]
         return out

@@ -130,14 +130,18 @@ def ensure_experiment(client: "MlflowClient", name: str) -> str:
         raise TrackingError(f"MLflow tracking store {client.tracking_uri} is not usable: {summary}") from None
 
 
-def child_runs(client: "MlflowClient", experiment_id: str, parent_run_id: str, page_size: int = 1000) -> list:
-    """Every child run of ``parent_run_id``, all pages of ``page_size`` runs."""
+def child_runs(
+    client: "MlflowClient", experiment_id: str, parent_run_id: str, page_size: int = 1000, role: str | None = None
+) -> list:
+    """Every child run of ``parent_run_id`` (with ``role``: only those of that role), all pages of
+    ``page_size`` runs."""
     runs: list = []
     token = None
+    where = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" + (f" and tags.`{m.TAG_ROLE}` = '{role}'" if role else "")
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            filter_string=where,
             max_results=page_size,
             page_token=token,
         )

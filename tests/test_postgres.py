@@ -259,7 +259,14 @@ def test_a_killed_driver_resumes_to_one_finished_run_per_configuration(pg_up):
     home, record = pg_up
     client = MlflowClient(record["mlflow"]["url"])
     name, trials = "killed", 4
-    sweep = _sweep_in_background(home, name, searcher={**SPEC["searcher"], "num_trials": trials})
+    # trials of about 1 s on an idle machine (3 epochs take 0.03 s): killed at the first FINISHED
+    # run, the driver is inside the next trial, not already past the whole sweep
+    sweep = _sweep_in_background(
+        home,
+        name,
+        searcher={**SPEC["searcher"], "num_trials": trials},
+        budget={"epochs": 120, "report_every_samples": 16000},
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -278,6 +285,7 @@ def test_a_killed_driver_resumes_to_one_finished_run_per_configuration(pg_up):
     before = client.search_runs([experiment.experiment_id], f"tags.`{m.TAG_ROLE}` = 'trial'")
     finished_before = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
     assert 0 < len(finished_before) < trials
+    print(f"killed with trial runs {sorted(r.info.status for r in before)}")
     resumed = cli("resume", f"{name}.yaml", home=home, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
     runs, parents = _trials(client, name)

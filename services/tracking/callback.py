@@ -240,11 +240,12 @@ class MlflowTracker(tune.Callback):
         self.close("KILLED")
 
     def _recover(self, trial) -> None:
-        """On the writer's thread: finish the runs of a trial Tune restored as ended that a dead
-        driver left RUNNING, from the trial's ``result.json`` (Tune's record of every result it
-        got; read only for such a trial, so a large resumed sweep reads few)."""
+        """On the writer's thread: write and finish the runs of a trial Tune restored as ended
+        that a dead driver left RUNNING or never created, from the trial's ``result.json``
+        (Tune's record of every result it got; read only for such a trial, so a large resumed
+        sweep reads few)."""
         tracked = m.tracked(trial.trial_id, trial.config)
-        if not any(self.runs.left_running(member) for member, _ in tracked):
+        if not any(self.runs.unfinished(member, config) for member, config in tracked):
             return
         history: dict[str, list[dict]] = {}
         for result in tune_results(trial):

@@ -232,16 +232,21 @@ class SweepRuns:
             self.client.set_terminated(run_id, status=status)
             self._open.discard(run_id)
 
-    def left_running(self, trial_id: str) -> bool:
-        """Whether a previous driver left ``trial_id``'s run RUNNING and it is still open."""
+    def unfinished(self, trial_id: str, config: dict) -> bool:
+        """Whether a previous driver left ``trial_id``'s run unfinished: RUNNING and still open,
+        or never created (the driver died with the trial's first writes still queued)."""
         self._load_existing()
         run_id = self._runs.get(trial_id)
-        return run_id is not None and self._previous.get(run_id) == "RUNNING" and run_id in self._open
+        if run_id is None:
+            adopted = self._unclaimed.get(config_key(config))
+            run_id = adopted[0] if adopted else None
+        return run_id is None or (self._previous.get(run_id) == "RUNNING" and run_id in self._open)
 
     def recover(self, trial_id: str, config: dict, results: list[dict], tags: dict[str, str]) -> None:
-        """A trial that ended under a dead driver whose run it left RUNNING (killed in its last
-        writes): log what the run lacks of ``results`` (what Tune recorded) and finish it."""
-        if not self.left_running(trial_id):
+        """A trial that ended under a dead driver that left its run RUNNING or never created it
+        (killed in its last writes): log what the run lacks of ``results`` (what Tune
+        recorded), creating the run if need be, and finish it."""
+        if not self.unfinished(trial_id, config):
             return
         for result in results:
             self.result(trial_id, config, result)
